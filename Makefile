@@ -1,0 +1,38 @@
+# fairbench developer entry points. `make run` and `make test` set up .venv on first use.
+VENV ?= .venv
+PYTHON ?= python3
+# torch is installed first and separately: on CPU machines the pinned release below resolves to a CPU wheel
+# where one is available; for a CUDA build, see README "Installing on a GPU machine" (e.g.
+# make install TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124").
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.fairbench-installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/pip install -q $(TORCH_SPEC)
+	$(VENV)/bin/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/fairbench train $(ARGS)
+
+test: install
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check fairbench tests scripts
+
+bench: install
+	$(VENV)/bin/python scripts/bench.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

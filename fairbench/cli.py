@@ -1,0 +1,261 @@
+"""The ``fairbench`` command line.
+
+``fairbench train [overrides...]`` hands its arguments unchanged to a ``hydra.main`` application, so every
+Hydra feature works (``-m`` sweeps, ``--cfg job``, ``hydra/launcher=joblib``...). The other commands compose
+configs with Hydra's compose API. User mistakes end with one message and exit code 2 (``HYDRA_FULL_ERROR=1``
+shows the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import typer
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from fairbench.config import (
+    check_config,
+    compose_config,
+    expand_sweep,
+    list_options,
+    validate_config,
+)
+from fairbench.errors import EXIT_USER_ERROR, UserError
+
+log = logging.getLogger("fairbench")
+console = Console(stderr=True)
+
+app = typer.Typer(
+    help="Item-side fairness experiments for LLM-based and LLM-enhanced recommenders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="List, show and validate configs.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+# Hydra flags that take a value, and flags after which we do not pre-validate (Hydra handles them alone).
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p"}
+HYDRA_SELF_SERVE_FLAGS = {
+    "--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc",
+    "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun",
+}
+
+
+def _user_error(err: UserError) -> None:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        traceback.print_exception(err)
+    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+def _guard(func: Callable[[], Any]) -> Any:
+    try:
+        return func()
+    except UserError as err:
+        _user_error(err)
+
+
+def split_hydra_args(args: list[str]) -> tuple[list[str], bool]:
+    """(overrides, whether to pre-validate) from a ``train`` command line."""
+    overrides: list[str] = []
+    skip_next = False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in HYDRA_SELF_SERVE_FLAGS or arg.split("=")[0] in HYDRA_SELF_SERVE_FLAGS:
+            return [], False
+        if arg in HYDRA_VALUE_FLAGS:
+            skip_next = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides, True
+
+
+def prevalidate(overrides: list[str]) -> None:
+    """Compose and validate every job of a (possibly sweeping) command line before launching anything."""
+    for job_overrides in expand_sweep(overrides):
+        cfg = compose_config(job_overrides, return_hydra_config=True)
+        check_config(cfg)
+        if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
+            raise UserError(f"ckpt_path: no checkpoint at {cfg.ckpt_path}")
+
+
+# ------------------------------------------------------------------------------------------------- train
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """Hydra task: one run in its own directory, with status.json telling the sweep summary how it ended."""
+    from hydra.utils import instantiate
+
+    from fairbench.pipeline import run
+    from fairbench.report.loggers import RunLogger
+    from fairbench.report.results import write_json
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    logger: RunLogger | None = None
+    failed = True
+    try:
+        check_config(cfg)
+        logger = instantiate(cfg.logger)
+        group = Path(hydra_cfg.sweep.dir).name if multirun else None
+        name = f"{cfg.model._target_.rsplit('.', 1)[-1]}-{cfg.method._target_.rsplit('.', 1)[-1]}-{run_dir.name}"
+        logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=name, group=group)
+        result = run(cfg, run_dir, logger)
+        failed = False
+        write_json(run_dir / "status.json", {"status": "completed"})
+        return result.metrics.get("test/recall@20")
+    except UserError as err:
+        log.error("%s", err)
+        write_json(run_dir / "status.json", {"status": "failed", "error": str(err)})
+        if multirun:
+            return None
+        _user_error(err)
+    except Exception as err:
+        log.exception("run failed")
+        write_json(run_dir / "status.json", {"status": "failed", "error": f"{type(err).__name__}: {err}"})
+        if multirun:
+            return None
+        raise
+    finally:
+        if logger is not None:
+            logger.finish(failed=failed)
+    return None
+
+
+@hydra.main(version_base="1.3", config_path="pkg://fairbench.conf", config_name="config")
+def hydra_train(cfg: DictConfig) -> float | None:
+    return run_job(cfg)
+
+
+@app.command(context_settings=PASSTHROUGH, add_help_option=False)
+def train(ctx: typer.Context) -> None:
+    """Train and evaluate: `fairbench train [hydra overrides...]`, e.g. `fairbench train -m seed=0,1,2`."""
+    from fairbench.report import summary
+
+    args = list(ctx.args)
+    overrides, check = split_hydra_args(args)
+    if check:
+        _guard(lambda: prevalidate(overrides))
+    summary.last_sweep_failures = 0
+    sys.argv = [sys.argv[0] or "fairbench", *args]
+    hydra_train()
+    if summary.last_sweep_failures:
+        raise SystemExit(1)
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@config_app.command("ls")
+def config_ls() -> None:
+    """Config groups and their options (default first)."""
+    defaults = _guard(lambda: compose_config([]))
+    for group, options in list_options().items():
+        chosen = None
+        if group != "experiment":
+            chosen = _default_option(group, defaults)
+        shown = [f"[bold]{o}[/] (default)" if o == chosen else o for o in options]
+        Console().print(f"{group}: " + ", ".join(shown))
+
+
+def _default_option(group: str, cfg: DictConfig) -> str | None:
+    from fairbench.config import config_dir
+
+    root = OmegaConf.load(config_dir() / "config.yaml")
+    for entry in root.defaults:
+        if isinstance(entry, DictConfig) or isinstance(entry, dict):
+            for key, value in dict(entry).items():
+                if key.split(" ")[-1] == group:
+                    return value
+    return None
+
+
+@config_app.command("show", context_settings=PASSTHROUGH)
+def config_show(ctx: typer.Context, resolve: bool = typer.Option(True, help="Resolve interpolations.")) -> None:
+    """Print the composed config for the given overrides."""
+    cfg = _guard(lambda: compose_config(list(ctx.args)))
+    _guard(lambda: check_config(cfg))
+    print(OmegaConf.to_yaml(cfg, resolve=resolve), end="")
+
+
+@config_app.command("validate")
+def config_validate() -> None:
+    """Compose every option of every group and check it against what it builds (nothing is run)."""
+    failures = 0
+    for group, options in list_options().items():
+        for option in options:
+            try:
+                problems = validate_config(compose_config([f"{group}={option}"], return_hydra_config=True))
+            except UserError as err:
+                problems = [str(err)]
+            status = "[green]ok[/]" if not problems else "[red]FAILED[/]"
+            Console().print(f"{group}={option}: {status}")
+            for problem in problems:
+                Console().print(f"    {problem}", highlight=False)
+            failures += bool(problems)
+    if failures:
+        console.print(f"[bold red]{failures} config(s) failed validation[/]")
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+@data_app.command("stats", context_settings=PASSTHROUGH)
+def data_stats(ctx: typer.Context) -> None:
+    """Users, items, interactions and density per split, and item-group sizes."""
+    from fairbench.data import build_item_groups, dataset_stats, load_dataset
+
+    def work() -> None:
+        cfg = compose_config(list(ctx.args))
+        check_config(cfg)
+        cache_dir, data_dir = Path(cfg.paths.cache_dir).expanduser(), Path(cfg.paths.data_dir).expanduser()
+        data = load_dataset(cfg.dataset, cache_dir=cache_dir, data_dir=data_dir)
+        groups = build_item_groups(data, cfg.dataset.groups)
+        stats = dataset_stats(data, groups)
+        _print_stats(stats)
+
+    _guard(work)
+
+
+def _print_stats(stats: Any) -> None:
+    import pandas as pd
+
+    out = Console()
+    items = stats.items() if isinstance(stats, dict) else [("stats", stats)]
+    for name, value in items:
+        if isinstance(value, pd.DataFrame):
+            out.print(f"[bold]{name}[/]")
+            out.print(value.to_string(index=False))
+        elif isinstance(value, dict):
+            out.print(f"[bold]{name}[/]")
+            out.print(json.dumps(value, indent=2, default=str))
+        else:
+            out.print(f"{name}: {value}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s") if not logging.getLogger().handlers else None
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The recommender seam every fairness method and the trainer rely on.
+
+A recommender
+- names its trainable parameter sets (:meth:`parameter_sets`), e.g. ``projector`` and ``item_text_vectors``;
+- returns one loss per training sample (:meth:`sample_losses`), so methods can weight or group them;
+- scores all items for a batch of users (:meth:`scorer`) for full ranking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+"""A training batch: ``users`` [B], ``pos_items`` [B], optional ``neg_items`` [B, N] and ``groups`` [B, G]."""
+
+
+class Recommender(nn.Module):
+    """Base class of fairbench recommenders."""
+
+    #: whether the pipeline must compute LM item vectors and pass them as ``item_vectors``
+    uses_text_vectors: bool = False
+    #: sampled negatives per (user, positive) the trainer attaches to each batch as ``neg_items``
+    num_negatives: int = 0
+
+    def parameter_sets(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by name; the default is one set with everything."""
+        return {"model": [p for p in self.parameters() if p.requires_grad]}
+
+    def sample_losses(self, batch: Batch) -> torch.Tensor:
+        """Per-sample training losses, shape [B]."""
+        raise NotImplementedError
+
+    def scorer(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function mapping user indices [B] to scores over all items [B, I] (computed in eval mode)."""
+        raise NotImplementedError
+
+
+def normalized_adjacency(train: sp.csr_matrix) -> torch.Tensor:
+    """Symmetrically normalised bipartite adjacency D^-1/2 A D^-1/2 over (users + items) nodes.
+
+    A = [[0, R], [R^T, 0]] with R the binary training matrix (LightGCN, He et al. 2020, Eq. 7), as a sparse
+    COO tensor of shape [U + I, U + I]. Isolated nodes keep zero rows.
+    """
+    n_users, n_items = train.shape
+    r = sp.csr_matrix(train, dtype=np.float32)
+    adj = sp.bmat([[None, r], [r.T, None]], format="coo", dtype=np.float32)
+    degree = np.asarray(adj.sum(axis=1)).ravel()
+    inv_sqrt = np.zeros_like(degree)
+    inv_sqrt[degree > 0] = degree[degree > 0] ** -0.5
+    values = inv_sqrt[adj.row] * adj.data * inv_sqrt[adj.col]
+    indices = torch.from_numpy(np.vstack([adj.row, adj.col]).astype(np.int64))
+    size = (n_users + n_items, n_users + n_items)
+    return torch.sparse_coo_tensor(indices, torch.from_numpy(values), size, check_invariants=False).coalesce()
+
+
+def propagate(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """LightGCN propagation: mean of E, AE, ..., A^L E (He et al. 2020, Eq. 8 with alpha_k = 1/(L+1))."""
+    layers = [embeddings]
+    for _ in range(n_layers):
+        layers.append(torch.sparse.mm(adjacency, layers[-1]))
+    return torch.stack(layers, dim=0).mean(dim=0)
+
+
+def info_nce(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-sample sampled-softmax (InfoNCE) loss on cosine similarities.
+
+    l = -log( exp(cos(u, p)/tau) / (exp(cos(u, p)/tau) + sum_n exp(cos(u, n)/tau)) ),
+    as AlphaRec's ``forward`` (LehengTHU/AlphaRec models/General/AlphaRec.py), computed with logsumexp.
+    Shapes: user, pos [B, d]; neg [B, N, d]; returns [B].
+    """
+    user = nn.functional.normalize(user, dim=-1)
+    pos = nn.functional.normalize(pos, dim=-1)
+    neg = nn.functional.normalize(neg, dim=-1)
+    pos_logit = (user * pos).sum(-1, keepdim=True) / tau
+    neg_logit = torch.einsum("bd,bnd->bn", user, neg) / tau
+    logits = torch.cat([pos_logit, neg_logit], dim=1)
+    return torch.logsumexp(logits, dim=1) - logits[:, 0]

@@ -1,0 +1,95 @@
+"""Run-directory outputs: metrics.json, groups.csv, history.csv, the group-utility plot and the console table.
+
+Every file is written atomically (temporary file in the same directory, then ``os.replace``), so a crashed or
+interrupted run never leaves a half-written result that a sweep summary would read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """JSON with NaN written as null (strict JSON readers reject NaN)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in payload.items()}
+    write_text_atomic(path, json.dumps(clean, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    write_text_atomic(path, frame.to_csv(index=False))
+
+
+def plot_group_utilities(groups: pd.DataFrame, k: int, path: Path, title: str = "") -> None:
+    """Bar chart of test group utilities at cut-off ``k``, one panel per group kind (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = groups[groups["k"] == k]
+    kinds = list(dict.fromkeys(frame["kind"]))
+    if not kinds:
+        return
+    widths = [max(2.5, 0.35 * (frame["kind"] == kind).sum() + 1.5) for kind in kinds]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(sum(widths), 3.6), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        part = frame[frame["kind"] == kind]
+        ax.bar(part["group"].astype(str), part["utility"], color="#4c72b0")
+        ax.set_title(f"{kind} groups")
+        ax.set_ylabel(f"utility@{k}")
+        ax.tick_params(axis="x", labelrotation=60, labelsize=8)
+        mean = part["utility"].mean()
+        ax.axhline(mean, color="#dd8452", linestyle="--", linewidth=1, label=f"mean {mean:.3f}")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def results_table(
+    metrics: dict[str, float], ks: Sequence[int], group_kinds: Sequence[str], split: str = "test"
+) -> Table:
+    """Compact console table: accuracy, then per group kind CV, MIN, MGU, for every K."""
+    table = Table(title=f"{split} results", title_justify="left")
+    table.add_column("metric")
+    for k in ks:
+        table.add_column(f"@{k}", justify="right")
+    rows = [("recall", "recall"), ("ndcg", "ndcg"), ("hr", "hr"), ("coverage", "coverage")]
+    for kind in group_kinds:
+        rows += [(f"{kind} {name.upper()}", f"{kind}/{name}") for name in ("cv", "min", "mgu")]
+    for label, key in rows:
+        values = [metrics.get(f"{split}/{key}@{k}") for k in ks]
+        if all(v is None for v in values):
+            continue
+        table.add_row(label, *("-" if v is None else f"{v:.4f}" for v in values))
+    return table
+
+
+def print_results(metrics: dict[str, float], ks: Sequence[int], group_kinds: Sequence[str], run_dir: Path) -> None:
+    console = Console()
+    console.print(results_table(metrics, ks, group_kinds))
+    console.print(f"run directory: {run_dir}")
