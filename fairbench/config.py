@@ -107,10 +107,11 @@ def validate_config(cfg: DictConfig) -> list[str]:
             continue  # plain group such as `paths` or an experiment's free-form notes
         else:
             problems.append(f"unknown key '{key}' at the top level; known keys: {', '.join(ROOT_SCHEMA)}")
-    try:
-        OmegaConf.to_container(cfg.get("paths", {}), resolve=True)
-    except OmegaConfBaseException as err:
-        problems.append(f"paths: {err}")
+    if isinstance(cfg.get("paths"), DictConfig):
+        try:
+            OmegaConf.to_container(cfg.paths, resolve=True)
+        except OmegaConfBaseException as err:
+            problems.append(f"paths: {err}")
     return problems
 
 
