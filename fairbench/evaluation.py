@@ -65,7 +65,7 @@ def evaluate_split(
     truth, exclude = split_matrices(data, split)
     users = np.flatnonzero(truth.getnnz(axis=1) > 0)
     topk = full_ranking_topk(model.scorer(), users, exclude, max(cfg.ks), batch_size)
-    return metrics_from_topk(topk, truth[users], data.train[users], groups, cfg)
+    return metrics_from_topk(topk, truth[users], data.train, groups, cfg)
 
 
 def metrics_from_topk(
@@ -75,7 +75,11 @@ def metrics_from_topk(
     groups: dict[str, ItemGroups],
     cfg: MetricConfig,
 ) -> SplitResult:
-    """Accuracy and popularity metrics, then per group kind the group metrics, prefixed by the kind."""
+    """Accuracy and popularity metrics, then per group kind the group metrics, prefixed by the kind.
+
+    ``truth`` rows align with ``topk``; ``history`` is the whole training matrix (its column sums give item
+    popularity for ARP/APLT and the reference group shares GP_ref of GU).
+    """
     common = dict(ks=tuple(cfg.ks), utility=cfg.utility, group_normalization=cfg.group_normalization)
     metrics = dict(evaluate_topk(topk, truth, history=history, **common))
     rows = []
