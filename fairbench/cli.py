@@ -51,8 +51,21 @@ PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 # Hydra flags that take a value, and flags after which we do not pre-validate (Hydra handles them alone).
 HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p"}
 HYDRA_SELF_SERVE_FLAGS = {
-    "--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc",
-    "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun",
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--version",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
 }
 
 
@@ -94,6 +107,14 @@ def prevalidate(overrides: list[str]) -> None:
         check_config(cfg)
         if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
             raise UserError(f"ckpt_path: no checkpoint at {cfg.ckpt_path}")
+        if cfg.dataset.get("path"):  # a local copy: check its files now (the bundled copy is fetched later)
+            from hydra.utils import instantiate
+
+            spec = instantiate(cfg.dataset)
+            spec.locate(
+                cache_dir=Path(cfg.paths.cache_dir).expanduser(),
+                data_dir=Path(cfg.paths.data_dir).expanduser(),
+            )
 
 
 # ------------------------------------------------------------------------------------------------- train
@@ -116,7 +137,9 @@ def run_job(cfg: DictConfig) -> float | None:
         check_config(cfg)
         logger = instantiate(cfg.logger)
         group = Path(hydra_cfg.sweep.dir).name if multirun else None
-        name = f"{cfg.model._target_.rsplit('.', 1)[-1]}-{cfg.method._target_.rsplit('.', 1)[-1]}-{run_dir.name}"
+        name = (
+            f"{cfg.model._target_.rsplit('.', 1)[-1]}-{cfg.method._target_.rsplit('.', 1)[-1]}-{run_dir.name}"
+        )
         logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=name, group=group)
         result = run(cfg, run_dir, logger)
         failed = False
@@ -166,30 +189,17 @@ def train(ctx: typer.Context) -> None:
 
 @config_app.command("ls")
 def config_ls() -> None:
-    """Config groups and their options (default first)."""
-    defaults = _guard(lambda: compose_config([]))
+    """Config groups and their options (the default in bold)."""
+    choices = _guard(lambda: compose_config([], return_hydra_config=True)).hydra.runtime.choices
     for group, options in list_options().items():
-        chosen = None
-        if group != "experiment":
-            chosen = _default_option(group, defaults)
-        shown = [f"[bold]{o}[/] (default)" if o == chosen else o for o in options]
+        shown = [f"[bold]{o}[/] (default)" if o == choices.get(group) else o for o in options]
         Console().print(f"{group}: " + ", ".join(shown))
 
 
-def _default_option(group: str, cfg: DictConfig) -> str | None:
-    from fairbench.config import config_dir
-
-    root = OmegaConf.load(config_dir() / "config.yaml")
-    for entry in root.defaults:
-        if isinstance(entry, DictConfig) or isinstance(entry, dict):
-            for key, value in dict(entry).items():
-                if key.split(" ")[-1] == group:
-                    return value
-    return None
-
-
 @config_app.command("show", context_settings=PASSTHROUGH)
-def config_show(ctx: typer.Context, resolve: bool = typer.Option(True, help="Resolve interpolations.")) -> None:
+def config_show(
+    ctx: typer.Context, resolve: bool = typer.Option(True, help="Resolve interpolations.")
+) -> None:
     """Print the composed config for the given overrides."""
     cfg = _guard(lambda: compose_config(list(ctx.args)))
     _guard(lambda: check_config(cfg))
@@ -253,7 +263,9 @@ def _print_stats(stats: Any) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s") if not logging.getLogger().handlers else None
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s"
+    ) if not logging.getLogger().handlers else None
     app()
 
 

@@ -30,7 +30,7 @@ CONFIG_NAME = "config"
 GROUPS = ("dataset", "backbone", "model", "method", "metric", "logger", "trainer", "experiment")
 
 # Root keys outside any group and their types.
-ROOT_SCHEMA: dict[str, Any] = {"seed": int, "device": str, "ckpt_path": Union[str, None], "paths": dict}
+ROOT_SCHEMA: dict[str, Any] = {"seed": int, "device": str, "ckpt_path": str | None, "paths": dict}
 
 
 def config_dir() -> Path:

@@ -44,7 +44,9 @@ class SplitResult:
     groups: pd.DataFrame
 
 
-def split_matrices(data: InteractionData, split: Literal["valid", "test"]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def split_matrices(
+    data: InteractionData, split: Literal["valid", "test"]
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """(held-out truth, items to mask) for a split."""
     if split == "valid":
         return data.valid, data.train

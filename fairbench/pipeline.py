@@ -70,10 +70,14 @@ def resolve_device(name: str) -> torch.device:
 
 def config_fingerprint(cfg: DictConfig) -> str:
     """Hash of what determines the trajectory of a run (everything but epochs, patience and logging)."""
-    keep = {key: OmegaConf.to_container(cfg[key], resolve=True)
-            for key in ("dataset", "backbone", "model", "method", "metric")}
+    keep = {
+        key: OmegaConf.to_container(cfg[key], resolve=True)
+        for key in ("dataset", "backbone", "model", "method", "metric")
+    }
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-    keep["trainer"] = {k: v for k, v in trainer.items() if k in ("batch_size", "lr", "weight_decay", "eval_every")}
+    keep["trainer"] = {
+        k: v for k, v in trainer.items() if k in ("batch_size", "lr", "weight_decay", "eval_every")
+    }
     keep["seed"] = cfg.seed
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -104,15 +108,24 @@ def run(cfg: DictConfig, run_dir: Path, logger: RunLogger | None = None) -> RunR
     groups = build_item_groups(data, cfg.dataset.groups)
     check_group_kinds(metric_cfg, groups)
     timings["data"] = time.perf_counter() - started
-    log.info("dataset %s: %d users, %d items, %d train interactions", data.name, data.n_users, data.n_items,
-             data.train.nnz)
+    log.info(
+        "dataset %s: %d users, %d items, %d train interactions",
+        data.name,
+        data.n_users,
+        data.n_items,
+        data.train.nnz,
+    )
 
     model_cls = get_object(cfg.model._target_)
     runtime_args: dict = {"train": data.train}
     if getattr(model_cls, "uses_text_vectors", False):
         started = time.perf_counter()
         runtime_args["item_vectors"] = item_vectors(
-            cfg.backbone, data.items, cache_dir=cache_dir, device=str(device), show_progress=trainer_cfg.progress
+            cfg.backbone,
+            data.items,
+            cache_dir=cache_dir,
+            device=str(device),
+            show_progress=trainer_cfg.progress,
         )
         timings["embedding"] = time.perf_counter() - started
 
@@ -177,10 +190,17 @@ def write_outputs(
 ) -> None:
     """metrics.json, groups.csv, history.csv and group_utilities.png in the run directory."""
     write_json(run_dir / "metrics.json", metrics)
-    write_csv(run_dir / "groups.csv", groups.reindex(columns=["split", "kind", "group", "k", "n_items", "utility", "gu"]))
+    write_csv(
+        run_dir / "groups.csv",
+        groups.reindex(columns=["split", "kind", "group", "k", "n_items", "utility", "gu"]),
+    )
     write_csv(run_dir / "history.csv", history)
     k = 20 if 20 in cfg.ks else max(cfg.ks)
     if groups.empty:
         return
-    plot_group_utilities(groups[groups["split"] == "test"], k, run_dir / "group_utilities.png",
-                         title=f"test utility@{k} per item group ({os.path.basename(run_dir)})")
+    plot_group_utilities(
+        groups[groups["split"] == "test"],
+        k,
+        run_dir / "group_utilities.png",
+        title=f"test utility@{k} per item group ({os.path.basename(run_dir)})",
+    )

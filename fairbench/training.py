@@ -68,18 +68,27 @@ class FitResult:
 class NegativeSampler:
     """Uniform negatives excluding each user's training items, by vectorised rejection sampling.
 
-    A candidate (u, i) is rejected when u*I + i is among the sorted keys of the training matrix; rejected
-    slots are redrawn until none is left (AlphaRec samples negatives uniformly outside the user's items).
+    A candidate (u, i) is rejected when it is a training pair; rejected slots are redrawn until none is left
+    (AlphaRec samples negatives uniformly outside the user's items). Membership is looked up in a dense
+    [U, I] bitmap when that fits in ``dense_limit`` cells, else by binary search over the sorted keys u*I + i.
     """
 
-    def __init__(self, train: sp.csr_matrix, max_rounds: int = 100) -> None:
+    def __init__(self, train: sp.csr_matrix, max_rounds: int = 100, dense_limit: int = 1 << 26) -> None:
         coo = train.tocoo()
-        self.n_items = train.shape[1]
+        n_users, self.n_items = train.shape
+        self.max_rounds = max_rounds
+        self.dense: torch.Tensor | None = None
+        if n_users * self.n_items <= dense_limit:
+            self.dense = torch.zeros(n_users, self.n_items, dtype=torch.bool)
+            self.dense[
+                torch.from_numpy(coo.row.astype(np.int64)), torch.from_numpy(coo.col.astype(np.int64))
+            ] = True
         keys = coo.row.astype(np.int64) * self.n_items + coo.col.astype(np.int64)
         self.keys = torch.from_numpy(np.sort(keys))
-        self.max_rounds = max_rounds
 
     def is_training_pair(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None:
+            return self.dense[users, items]
         keys = users * self.n_items + items
         position = torch.searchsorted(self.keys, keys).clamp_(max=len(self.keys) - 1)
         return self.keys[position] == keys
@@ -87,13 +96,14 @@ class NegativeSampler:
     def sample(self, users: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
         """Negatives [B, n] for users [B]."""
         negatives = torch.randint(0, self.n_items, (len(users), n), generator=generator)
-        users_2d = users[:, None].expand_as(negatives)
+        flat = negatives.view(-1)
+        owners = users.repeat_interleave(n)
+        pending = torch.arange(flat.numel())
         for _ in range(self.max_rounds):
-            rejected = self.is_training_pair(users_2d, negatives)
-            n_rejected = int(rejected.sum())
-            if n_rejected == 0:
+            pending = pending[self.is_training_pair(owners[pending], flat[pending])]
+            if pending.numel() == 0:
                 break
-            negatives[rejected] = torch.randint(0, self.n_items, (n_rejected,), generator=generator)
+            flat[pending] = torch.randint(0, self.n_items, (pending.numel(),), generator=generator)
         return negatives
 
 
@@ -201,15 +211,19 @@ def fit(
         model.eval()
         metrics = evaluate(model)
         if cfg.monitor not in metrics:
-            raise UserError(f"trainer.monitor '{cfg.monitor}' is not a validation metric; choose from: "
-                            + ", ".join(sorted(metrics)))
+            raise UserError(
+                f"trainer.monitor '{cfg.monitor}' is not a validation metric; choose from: "
+                + ", ".join(sorted(metrics))
+            )
         score = metrics[cfg.monitor]
         if score > result.best_score:
             result.best_score, result.best_epoch, bad_evaluations = score, epoch, 0
             best_state = _copy_state(model)
         else:
             bad_evaluations += 1
-        row = {"epoch": epoch, "train/loss": loss_sum / n_pairs} | {f"valid/{k}": v for k, v in metrics.items()}
+        row = {"epoch": epoch, "train/loss": loss_sum / n_pairs} | {
+            f"valid/{k}": v for k, v in metrics.items()
+        }
         result.history.append(row)
         epochs.set_postfix(loss=f"{row['train/loss']:.4f}", **{cfg.monitor: f"{score:.4f}"})
         if on_evaluation is not None:
@@ -269,8 +283,9 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict:
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to replace
         raise UserError(f"ckpt_path: {path} is not a readable fairbench checkpoint ({err})") from err
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"ckpt_path: {path} has checkpoint format {state.get('format')}, "
-                        f"expected {CHECKPOINT_FORMAT}")
+        raise UserError(
+            f"ckpt_path: {path} has checkpoint format {state.get('format')}, expected {CHECKPOINT_FORMAT}"
+        )
     if fingerprint and state.get("fingerprint") != fingerprint:
         raise UserError(
             f"ckpt_path: {path} was written by a run with a different dataset/backbone/model/method/seed "

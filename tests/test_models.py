@@ -65,14 +65,22 @@ def test_hidden_multiplier_follows_alpharec_table():
 def test_alpharec_scores_are_cosines_of_propagated_embeddings_and_loss_backprops():
     torch.manual_seed(0)
     train = small_train()
-    model = AlphaRec(train, np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32), hidden_dim=8,
-                     embed_dim=4, num_negatives=2)
+    model = AlphaRec(
+        train,
+        np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32),
+        hidden_dim=8,
+        embed_dim=4,
+        num_negatives=2,
+    )
     users, items = model.embeddings()
     scores = model.scorer()(torch.tensor([0, 2]))
     expected = torch.nn.functional.cosine_similarity(users[[0, 2], None, :], items[None, :, :], dim=-1)
     torch.testing.assert_close(scores, expected.detach())
-    batch = {"users": torch.tensor([0, 1]), "pos_items": torch.tensor([1, 1]),
-             "neg_items": torch.tensor([[2, 3], [0, 2]])}
+    batch = {
+        "users": torch.tensor([0, 1]),
+        "pos_items": torch.tensor([1, 1]),
+        "neg_items": torch.tensor([[2, 3], [0, 2]]),
+    }
     losses = model.sample_losses(batch)
     assert losses.shape == (2,) and torch.isfinite(losses).all()
     losses.mean().backward()

@@ -26,8 +26,9 @@ def test_negatives_never_hit_training_items_and_are_deterministic():
     again = sampler.sample(users, 50, epoch_generator(1, 0))
     assert torch.equal(negatives, again)
     # every non-training item is reachable: the sampler is uniform over the complement
-    counts = np.bincount(sampler.sample(torch.zeros(20000, dtype=torch.long), 1, epoch_generator(2, 0)).ravel(),
-                         minlength=40)
+    counts = np.bincount(
+        sampler.sample(torch.zeros(20000, dtype=torch.long), 1, epoch_generator(2, 0)).ravel(), minlength=40
+    )
     allowed = dense[0] == 0
     assert (counts[~allowed] == 0).all() and (counts[allowed] > 0).all()
 
@@ -36,8 +37,13 @@ def toy_fit(tmp_path, max_epochs, resume_from=None):
     train = random_train()
     valid = random_train(seed=1)
     torch.manual_seed(0)
-    model = AlphaRec(train, np.random.default_rng(0).normal(size=(40, 12)).astype(np.float32),
-                     hidden_dim=16, embed_dim=8, num_negatives=8)
+    model = AlphaRec(
+        train,
+        np.random.default_rng(0).normal(size=(40, 12)).astype(np.float32),
+        hidden_dim=16,
+        embed_dim=8,
+        num_negatives=8,
+    )
     cfg = TrainerConfig(max_epochs=max_epochs, patience=50, batch_size=64, lr=1e-2, progress=False)
 
     def evaluate(m):
@@ -45,8 +51,17 @@ def toy_fit(tmp_path, max_epochs, resume_from=None):
         top = scores.topk(5).indices.numpy()
         return {"recall@20": float(valid.toarray()[np.arange(30)[:, None], top].mean())}
 
-    result = fit(model, ERM(), train, cfg, evaluate, seed=3, checkpoint_dir=tmp_path, resume_from=resume_from,
-                 fingerprint="toy")
+    result = fit(
+        model,
+        ERM(),
+        train,
+        cfg,
+        evaluate,
+        seed=3,
+        checkpoint_dir=tmp_path,
+        resume_from=resume_from,
+        fingerprint="toy",
+    )
     return model, result
 
 
@@ -61,3 +76,18 @@ def test_fit_is_deterministic_and_resume_reaches_the_same_result(tmp_path):
     for key, value in model_a.state_dict().items():
         torch.testing.assert_close(model_c.state_dict()[key], value, rtol=0, atol=0)
     assert (tmp_path / "a" / "best.safetensors").is_file()
+
+
+def test_dense_bitmap_and_binary_search_membership_agree():
+    train = random_train(n_users=50, n_items=70)
+    dense = NegativeSampler(train)
+    searched = NegativeSampler(train, dense_limit=0)
+    assert dense.dense is not None and searched.dense is None
+    users = torch.randint(0, 50, (5000,))
+    items = torch.randint(0, 70, (5000,))
+    expected = torch.from_numpy(train.toarray()[users.numpy(), items.numpy()] > 0)
+    assert torch.equal(dense.is_training_pair(users, items), expected)
+    assert torch.equal(searched.is_training_pair(users, items), expected)
+    assert torch.equal(
+        dense.sample(users, 7, epoch_generator(0, 1)), searched.sample(users, 7, epoch_generator(0, 1))
+    )

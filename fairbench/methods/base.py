@@ -45,9 +45,7 @@ class FairnessMethod:
 
     def configure_optimizers(self, model: Recommender) -> dict[str, torch.optim.Optimizer]:
         params = [p for group in model.parameter_sets().values() for p in group]
-        return {
-            "model": torch.optim.Adam(params, lr=self.context.lr, weight_decay=self.context.weight_decay)
-        }
+        return {"model": torch.optim.Adam(params, lr=self.context.lr, weight_decay=self.context.weight_decay)}
 
     def training_step(
         self, model: Recommender, batch: Batch, optimizers: dict[str, torch.optim.Optimizer]

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from fairbench.models.base import Batch, Recommender, info_nce, normalized_adjacency, propagate
+from fairbench.models.base import Batch, Recommender, normalized_adjacency, propagate, sampled_info_nce
 
 
 def alpharec_hidden_multiplier(lm_dim: int) -> float:
@@ -57,7 +57,9 @@ class AlphaRec(Recommender):
         self.n_layers, self.tau, self.num_negatives = n_layers, tau, num_negatives
         lm_dim = int(item_vectors.shape[1])
         if hidden_dim is None:
-            multiplier = hidden_multiplier if hidden_multiplier is not None else alpharec_hidden_multiplier(lm_dim)
+            multiplier = (
+                hidden_multiplier if hidden_multiplier is not None else alpharec_hidden_multiplier(lm_dim)
+            )
             hidden_dim = int(multiplier * lm_dim)
         self.hidden_dim = hidden_dim
         self.projector = nn.Sequential(
@@ -79,7 +81,9 @@ class AlphaRec(Recommender):
 
     def sample_losses(self, batch: Batch) -> torch.Tensor:
         users, items = self.embeddings()
-        return info_nce(users[batch["users"]], items[batch["pos_items"]], items[batch["neg_items"]], self.tau)
+        return sampled_info_nce(
+            users, items, batch["users"], batch["pos_items"], batch["neg_items"], self.tau
+        )
 
     def scorer(self) -> Callable[[torch.Tensor], torch.Tensor]:
         with torch.no_grad():

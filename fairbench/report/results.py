@@ -48,8 +48,9 @@ def plot_group_utilities(groups: pd.DataFrame, k: int, path: Path, title: str = 
     if not kinds:
         return
     widths = [max(2.5, 0.35 * (frame["kind"] == kind).sum() + 1.5) for kind in kinds]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(sum(widths), 3.6), squeeze=False,
-                             gridspec_kw={"width_ratios": widths})
+    fig, axes = plt.subplots(
+        1, len(kinds), figsize=(sum(widths), 3.6), squeeze=False, gridspec_kw={"width_ratios": widths}
+    )
     for ax, kind in zip(axes[0], kinds, strict=True):
         part = frame[frame["kind"] == kind]
         ax.bar(part["group"].astype(str), part["utility"], color="#4c72b0")
@@ -89,7 +90,9 @@ def results_table(
     return table
 
 
-def print_results(metrics: dict[str, float], ks: Sequence[int], group_kinds: Sequence[str], run_dir: Path) -> None:
+def print_results(
+    metrics: dict[str, float], ks: Sequence[int], group_kinds: Sequence[str], run_dir: Path
+) -> None:
     console = Console()
     console.print(results_table(metrics, ks, group_kinds))
     console.print(f"run directory: {run_dir}")

@@ -92,5 +92,6 @@ class SweepSummaryCallback(Callback):
         print_summary(frame, path)
         last_sweep_failures = int((frame["status"] != "completed").sum())
         if last_sweep_failures:
-            log.error("%d of %d jobs failed; see their status.json and train.log", last_sweep_failures,
-                      len(frame))
+            log.error(
+                "%d of %d jobs failed; see their status.json and train.log", last_sweep_failures, len(frame)
+            )
