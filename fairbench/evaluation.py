@@ -62,11 +62,12 @@ def evaluate_split(
     groups: dict[str, ItemGroups],
     cfg: MetricConfig,
     batch_size: int = 1024,
+    progress: bool = False,
 ) -> SplitResult:
     """Rank all items for every user with held-out items in ``split`` and compute all metrics."""
     truth, exclude = split_matrices(data, split)
     users = np.flatnonzero(truth.getnnz(axis=1) > 0)
-    topk = full_ranking_topk(model.scorer(), users, exclude, max(cfg.ks), batch_size)
+    topk = full_ranking_topk(model.scorer(), users, exclude, max(cfg.ks), batch_size, progress=progress)
     return metrics_from_topk(topk, truth[users], data.train, groups, cfg)
 
 

@@ -163,8 +163,9 @@ def run(cfg: DictConfig, run_dir: Path, logger: RunLogger | None = None) -> RunR
     timings["seconds_per_epoch"] = fitted.seconds_per_epoch
 
     started = time.perf_counter()
-    valid = evaluate_split(model, data, "valid", groups, metric_cfg, trainer_cfg.eval_batch_size)
-    test = evaluate_split(model, data, "test", groups, metric_cfg, trainer_cfg.eval_batch_size)
+    final = dict(batch_size=trainer_cfg.eval_batch_size, progress=trainer_cfg.progress)
+    valid = evaluate_split(model, data, "valid", groups, metric_cfg, **final)
+    test = evaluate_split(model, data, "test", groups, metric_cfg, **final)
     timings["evaluation"] = time.perf_counter() - started
 
     metrics = {f"valid/{k}": v for k, v in valid.metrics.items()}

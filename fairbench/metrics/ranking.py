@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 import torch
+from tqdm.auto import tqdm
 
 from fairbench.errors import UserError
 from fairbench.metrics._inputs import PADDING
@@ -20,6 +21,7 @@ def full_ranking_topk(
     exclude: sp.spmatrix,
     k: int,
     batch_size: int = 1024,
+    progress: bool = False,
 ) -> np.ndarray:
     """int64 [len(users), k]: each user's k best items, best first, padded with -1.
 
@@ -48,7 +50,8 @@ def full_ranking_topk(
 
     result = np.full((users.size, k), PADDING, dtype=np.int64)
     with torch.inference_mode():
-        for start in range(0, users.size, batch_size):
+        starts = range(0, users.size, batch_size)
+        for start in tqdm(starts, desc="ranking", unit="batch", disable=not progress, leave=False):
             batch = users[start : start + batch_size].astype(np.int64)
             scores = score_fn(torch.from_numpy(batch))
             if tuple(scores.shape) != (batch.size, n_items):
