@@ -231,7 +231,8 @@ def config_validate() -> None:
 
 @data_app.command("stats", context_settings=PASSTHROUGH)
 def data_stats(ctx: typer.Context) -> None:
-    """Users, items, interactions and density per split, and item-group sizes."""
+    """Users, items, interactions and density per split, protocol steps, sequential samples, bad data
+    dropped from the source files, and item-group sizes: `fairbench data stats dataset=ml1m`."""
     from fairbench.data import build_item_groups, dataset_stats, load_dataset
 
     def work() -> None:
@@ -247,6 +248,12 @@ def data_stats(ctx: typer.Context) -> None:
 
 
 def _print_stats(stats: Any) -> None:
+    """Print a :class:`fairbench.data.DatasetStats` as plain text (group names may look like markup)."""
+    from fairbench.data import DatasetStats
+
+    if isinstance(stats, DatasetStats):
+        print(stats, flush=True)
+        return
     import pandas as pd
 
     out = Console()
@@ -260,6 +267,40 @@ def _print_stats(stats: Any) -> None:
             out.print(json.dumps(value, indent=2, default=str))
         else:
             out.print(f"{name}: {value}")
+
+
+# ------------------------------------------------------------------------------------------------- embed
+
+
+@app.command("embed", context_settings=PASSTHROUGH)
+def embed_command(ctx: typer.Context) -> None:
+    """Precompute and cache a backbone's item vectors: `fairbench embed backbone=llama2-7b dataset=ml100k`.
+
+    Takes the same overrides as `train` (backbone, dataset, device, paths). Vectors go to the cache that
+    `train` reads (<paths.cache_dir>/vectors); an interrupted run resumes from its finished chunks.
+    """
+    from fairbench.backbones import embed
+    from fairbench.backbones.base import resolve_device
+    from fairbench.data import load_dataset
+
+    def work() -> None:
+        cfg = compose_config(list(ctx.args))
+        check_config(cfg)
+        cache_dir, data_dir = Path(cfg.paths.cache_dir).expanduser(), Path(cfg.paths.data_dir).expanduser()
+        data = load_dataset(cfg.dataset, cache_dir=cache_dir, data_dir=data_dir)
+        device = resolve_device(str(cfg.device))
+        result = embed(cfg.backbone, data.items, cache_dir=cache_dir, device=device, show_progress=True)
+        how = "cache hit" if result.cache_hit else f"built on {device}"
+        if result.shards_reused:
+            how += f", resumed from {result.shards_reused} finished chunk(s)"
+        Console().print(
+            f"{cfg.backbone.name} vectors for {data.name}: {result.shape[0]} items x {result.shape[1]} dims "
+            f"({how}, {result.seconds:.1f}s)\n{result.path}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    _guard(work)
 
 
 def main() -> None:

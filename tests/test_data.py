@@ -41,6 +41,18 @@ from fairbench.data.protocols import natural_sorted_ids, split_bounds
 from fairbench.errors import UserError
 
 YAML_PATH = Path(__file__).resolve().parents[1] / "fairbench" / "conf" / "dataset" / "ml100k.yaml"
+_NODE: list = []
+
+
+def ml100k_node():
+    """The shipped ``dataset=ml100k`` node as Hydra composes it (protocol from dataset/protocol/)."""
+    if not _NODE:
+        from fairbench.config import compose_config
+
+        _NODE.append(compose_config(["dataset=ml100k"]).dataset)
+    node = OmegaConf.create(OmegaConf.to_container(_NODE[0]))
+    return node
+
 
 # --------------------------------------------------------------------------------------------- fixtures
 
@@ -58,7 +70,7 @@ def ml100k_dir(cache_root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def ml100k(cache_root: Path, ml100k_dir: Path) -> InteractionData:
-    return load_dataset(OmegaConf.load(YAML_PATH), cache_dir=cache_root)
+    return load_dataset(ml100k_node(), cache_dir=cache_root)
 
 
 @pytest.fixture(scope="session")
@@ -332,22 +344,28 @@ def test_missing_path_or_files_is_a_user_error(tmp_path: Path) -> None:
     assert "ml-100k.inter + ml-100k.item" in str(err.value)
 
 
-def test_malformed_row_is_a_user_error(tmp_path: Path) -> None:
+def test_malformed_row_is_dropped_or_with_strict_a_user_error(tmp_path: Path) -> None:
     folder = write_recbole(tmp_path / "rb", TINY_INTERACTIONS, TINY_ITEMS)
     text = (folder / "ml-100k.inter").read_text().replace("\t4\t", "\tfour\t", 1)
     (folder / "ml-100k.inter").write_text(text)
-    with pytest.raises(UserError, match=r"ml-100k\.inter, line 2: rating 'four'"):
-        load_dataset(tiny_spec(folder), cache_dir=tmp_path)
+    strict = MovieLens100K(
+        name="tiny", path=str(folder), strict=True, protocol=GeneralProtocol(**TINY_PROTOCOL)
+    )
+    with pytest.raises(UserError, match=r"ml-100k\.inter, line 2: rating 'four' is not a number"):
+        load_dataset(strict, cache_dir=tmp_path)
+    data = load_dataset(tiny_spec(folder), cache_dir=tmp_path)  # default: dropped and counted
+    assert data.info["issues"]["non_numeric_ratings"]["count"] == 1
+    assert data.info["counts"]["raw_interactions"] == len(TINY_INTERACTIONS) - 1
 
 
 def test_bad_protocol_values_are_user_errors(tmp_path: Path) -> None:
-    node = OmegaConf.load(YAML_PATH)
+    node = ml100k_node()
     node.protocol.ratios = [0.5, 0.5, 0.5]
     with pytest.raises(UserError, match="ratios"):
         load_dataset(node, cache_dir=tmp_path)
     with pytest.raises(UserError, match="exactly one of top_fraction"):
         PopularityGroups(top_fraction=0.1, n_quantiles=5)
-    node = OmegaConf.load(YAML_PATH)
+    node = ml100k_node()
     node.protocol = None
     with pytest.raises(UserError, match="dataset.protocol"):
         load_dataset(node, cache_dir=tmp_path)
@@ -392,7 +410,7 @@ def test_genre_groups_by_hand() -> None:
 
 
 def test_build_item_groups_from_config(ml100k: InteractionData) -> None:
-    groups = build_item_groups(ml100k, OmegaConf.load(YAML_PATH).groups)
+    groups = build_item_groups(ml100k, ml100k_node().groups)
     assert set(groups) == {"pop", "genre"}
     assert groups["pop"].sizes().tolist() == [144, 1_433 - 144]  # ceil(0.1 * 1433) = 144
     head_counts = ml100k.train_counts()[groups["pop"].membership[:, 0]]
@@ -459,7 +477,7 @@ def test_cache_hit_then_rebuild_on_protocol_change_and_corruption(tmp_path: Path
 
 
 def test_ml100k_second_load_is_a_cache_hit(cache_root: Path, ml100k: InteractionData) -> None:
-    again = load_dataset(OmegaConf.load(YAML_PATH), cache_dir=cache_root)
+    again = load_dataset(ml100k_node(), cache_dir=cache_root)
     assert again.info["cache"] == "hit" and again.info["cache_dir"] == ml100k.info["cache_dir"]
     assert again.items.equals(ml100k.items) and (again.test != ml100k.test).nnz == 0
 
@@ -528,14 +546,15 @@ def test_fetch_failure_says_what_to_download(tmp_path: Path) -> None:
 def test_shipped_yaml_validates_and_documents_every_key() -> None:
     from fairbench.config import validate_config
 
-    node = OmegaConf.load(YAML_PATH)
-    assert node.name == "ml100k" and node.path is None
+    node = ml100k_node()
+    assert node.name == "ml100k" and node.path is None and node.strict is False
     assert validate_config(OmegaConf.create({"dataset": node, "paths": {}})) == []
     node.protocol.ordr = "random"
     node.groups.popularity.top_fraction = "ten percent"
     problems = validate_config(OmegaConf.create({"dataset": node, "paths": {}}))
     assert any("ordr" in p for p in problems) and any("top_fraction" in p for p in problems)
-    lines = YAML_PATH.read_text().splitlines()
-    for index, line in enumerate(lines):
-        if re.match(r"\s*[A-Za-z_]+:", line) and not line.lstrip().startswith("_target_"):
-            assert "#" in line or lines[index - 1].lstrip().startswith("#"), f"undocumented key: {line}"
+    for path in (YAML_PATH, YAML_PATH.parent / "protocol" / "general.yaml"):
+        lines = path.read_text().splitlines()
+        for index, line in enumerate(lines):
+            if re.match(r"\s*[A-Za-z_]+:", line) and not line.lstrip().startswith("_target_"):
+                assert "#" in line or lines[index - 1].lstrip().startswith("#"), f"undocumented key: {line}"

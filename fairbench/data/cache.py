@@ -5,7 +5,8 @@ and its options, the identity of every source file (name, size, sha256 of the co
 moved copy still hits) and the protocol (class and fields). Contents, all pickle-free:
 
 - ``splits.npz``: ``user_ids`` (unicode), per split ``<split>_indptr`` / ``<split>_indices`` and, when the
-  source has timestamps, ``<split>_timestamps`` (values are all 1 and not stored);
+  source has timestamps, ``<split>_timestamps`` (values are all 1 and not stored); when the dataset has
+  sequential samples, per split ``<split>_samples_{user,history,target,timestamp}``;
 - ``items.parquet``: the item table;
 - ``meta.json``: written last; counts, shapes, each file's size and sha256, and the provenance ``info``.
 
@@ -31,11 +32,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from fairbench.data.types import SPLITS, InteractionData
+from fairbench.data.types import SPLITS, InteractionData, SequentialSamples
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the processing code changes its output for the same inputs
+FORMAT_VERSION = 2  # bump when the processing code changes its output for the same inputs
 SPLITS_FILE, ITEMS_FILE, META_FILE = "splits.npz", "items.parquet", "meta.json"
 
 
@@ -82,6 +83,11 @@ def save_processed(data: InteractionData, directory: Path, key_payload: dict[str
         arrays[f"{split}_indices"] = matrix.indices.astype(np.int32)
         if has_time:
             arrays[f"{split}_timestamps"] = np.asarray(getattr(data, f"{split}_timestamps"), dtype=np.float64)
+    for split, samples in (data.samples or {}).items():
+        arrays[f"{split}_samples_user"] = samples.user.astype(np.int64)
+        arrays[f"{split}_samples_history"] = samples.history.astype(np.int32)
+        arrays[f"{split}_samples_target"] = samples.target.astype(np.int64)
+        arrays[f"{split}_samples_timestamp"] = samples.timestamp.astype(np.float64)
 
     def write_npz(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
@@ -99,6 +105,7 @@ def save_processed(data: InteractionData, directory: Path, key_payload: dict[str
         "n_items": data.n_items,
         "nnz": {split: int(data.split(split).nnz) for split in SPLITS},
         "has_timestamps": has_time,
+        "samples": None if data.samples is None else {split: len(v) for split, v in data.samples.items()},
         "files": {name: file_identity(directory / name) for name in (SPLITS_FILE, ITEMS_FILE)},
         "key": key_payload,
         "info": data.info,
@@ -144,6 +151,7 @@ def _load_checked(directory: Path, name: str) -> InteractionData:
         matrix.has_sorted_indices = True
         matrices[split] = matrix
         stamps[split] = arrays[f"{split}_timestamps"] if meta["has_timestamps"] else None
+    samples = _load_samples(arrays, meta.get("samples"), n_users, n_items)
     items = pq.read_table(directory / ITEMS_FILE).to_pandas()
     if len(items) != n_items:
         raise ValueError(f"items.parquet has {len(items)} rows, meta.json says {n_items}")
@@ -161,4 +169,29 @@ def _load_checked(directory: Path, name: str) -> InteractionData:
         valid_timestamps=stamps["valid"],
         test_timestamps=stamps["test"],
         info=meta["info"],
+        samples=samples,
     )
+
+
+def _load_samples(
+    arrays: dict[str, np.ndarray], sizes: dict[str, int] | None, n_users: int, n_items: int
+) -> dict[str, SequentialSamples] | None:
+    """The cached samples, checked against meta.json's sizes and the index ranges."""
+    if sizes is None:
+        return None
+    samples = {}
+    for split, size in sizes.items():
+        user, history = arrays[f"{split}_samples_user"], arrays[f"{split}_samples_history"]
+        target, stamp = arrays[f"{split}_samples_target"], arrays[f"{split}_samples_timestamp"]
+        if user.shape != (size,) or target.shape != (size,) or stamp.shape != (size,) or history.ndim != 2:
+            raise ValueError(f"{split} samples do not match meta.json")
+        if size and (
+            min(user.min(), target.min()) < 0
+            or user.max() >= n_users
+            or target.max() >= n_items
+            or history.min() < -1
+            or history.max() >= n_items
+        ):
+            raise ValueError(f"{split} samples have invalid indices")
+        samples[split] = SequentialSamples(user=user, history=history, target=target, timestamp=stamp)
+    return samples

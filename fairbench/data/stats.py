@@ -1,4 +1,5 @@
-"""Dataset statistics for ``fairbench data stats``: split sizes, protocol funnel, item-group sizes."""
+"""Dataset statistics for ``fairbench data stats``: split sizes, protocol funnel, sequential samples,
+bad data dropped while reading, item-group sizes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from fairbench.data.issues import ISSUE_KINDS
 from fairbench.data.types import SPLITS, InteractionData, ItemGroups
 
 
@@ -16,8 +18,12 @@ class DatasetStats:
 
     ``splits``: one row per split and "all": users and items with >= 1 interaction in it, interactions,
     density = interactions / (U x I) over the full user set and item catalogue. ``funnel``: interactions
-    after each protocol step. ``groups[kind]``: per group, items, share of the catalogue, and interactions
-    per split on the group's items (genre groups overlap, so their shares sum to more than 1).
+    (or samples) after each protocol step. ``samples``: per split, next-item samples, their users and
+    distinct targets, and the mean history length (empty when the dataset has none). ``issues``: per kind
+    of bad data (:data:`fairbench.data.issues.ISSUE_KINDS`), how many were dropped and the first
+    occurrence (empty for a dataset processed before issues were recorded). ``groups[kind]``: per group,
+    items, share of the catalogue, and interactions per split on the group's items (genre groups overlap,
+    so their shares sum to more than 1).
     """
 
     name: str
@@ -25,11 +31,21 @@ class DatasetStats:
     funnel: pd.DataFrame
     groups: dict[str, pd.DataFrame] = field(default_factory=dict)
     flat: dict[str, float | int] = field(default_factory=dict)
+    samples: pd.DataFrame = field(default_factory=pd.DataFrame)
+    issues: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def __str__(self) -> str:
         parts = [f"dataset {self.name}", "", self.splits.to_string(float_format=lambda x: f"{x:.6f}")]
         if len(self.funnel):
             parts += ["", "protocol steps", self.funnel.to_string()]
+        if len(self.samples):
+            parts += ["", "sequential samples", self.samples.to_string(float_format=lambda x: f"{x:.2f}")]
+        if len(self.issues):
+            total = int(self.issues["count"].sum())
+            title = "bad data in the source files" + (" (none)" if total == 0 else " (dropped)")
+            shown = self.issues.copy()
+            shown["first"] = shown["first"].map(lambda text: text if len(text) <= 160 else text[:157] + "...")
+            parts += ["", title, shown.to_string()]
         for kind, table in self.groups.items():
             parts += ["", f"item groups: {kind}", table.to_string(float_format=lambda x: f"{x:.4f}")]
         return "\n".join(parts)
@@ -54,9 +70,33 @@ def dataset_stats(data: InteractionData, groups: dict[str, ItemGroups] | None = 
 
     counts = data.info.get("counts", {})
     funnel = pd.DataFrame(
-        {"interactions": [counts[k] for k in _FUNNEL if k in counts]},
+        {"count": [counts[k] for k in _FUNNEL if k in counts]},
         index=[_FUNNEL[k] for k in _FUNNEL if k in counts],
     )
+
+    sample_rows = {}
+    for split, samples in (data.samples or {}).items():
+        sample_rows[split] = {
+            "samples": len(samples),
+            "users": int(len(np.unique(samples.user))),
+            "targets": int(len(np.unique(samples.target))),
+            "mean_history": float(samples.lengths().mean()) if len(samples) else 0.0,
+        }
+        flat[f"samples/{split}"] = len(samples)
+    sample_table = pd.DataFrame.from_dict(sample_rows, orient="index")
+
+    recorded = data.info.get("issues") or {}
+    issue_table = pd.DataFrame(
+        {
+            "count": [int(recorded.get(kind, {}).get("count", 0)) for kind in ISSUE_KINDS],
+            "first": [str(recorded.get(kind, {}).get("first", "")) for kind in ISSUE_KINDS],
+        },
+        index=pd.Index(list(ISSUE_KINDS), name="problem"),
+    )
+    if not recorded:
+        issue_table = issue_table.iloc[0:0]
+    for kind, row in issue_table.iterrows():
+        flat[f"issues/{kind}"] = int(row["count"])
 
     group_tables: dict[str, pd.DataFrame] = {}
     per_split_counts = {s: np.bincount(data.split(s).indices, minlength=data.n_items) for s in SPLITS}
@@ -73,14 +113,33 @@ def dataset_stats(data: InteractionData, groups: dict[str, ItemGroups] | None = 
         for name, row in table.iterrows():
             flat[f"{kind}/{name}/items"] = int(row["items"])
             flat[f"{kind}/{name}/train_interactions"] = int(row["train_interactions"])
-    return DatasetStats(name=data.name, splits=splits, funnel=funnel, groups=group_tables, flat=flat)
+    return DatasetStats(
+        name=data.name,
+        splits=splits,
+        funnel=funnel,
+        groups=group_tables,
+        flat=flat,
+        samples=sample_table,
+        issues=issue_table,
+    )
 
 
 _FUNNEL = {
     "raw_interactions": "raw",
+    "given_samples": "given samples",
     "after_min_rating": "rating >= min_rating",
     "after_dedup": "deduplicated (user, item)",
     "after_user_filter": "users with >= min_user_interactions",
+    "after_item_filter": "items with >= min_item_interactions",
+    "after_kcore": "iterative k-core",
+    "samples": "samples (sliding window)",
+    "valid_carved_from_train": "valid samples carved from train",
+    "train_samples_before_subsampling": "train samples before sub-sampling",
+    "valid_samples_before_subsampling": "valid samples before sub-sampling",
+    "test_samples_before_subsampling": "test samples before sub-sampling",
+    "train_samples": "train samples",
+    "valid_samples": "valid samples",
+    "test_samples": "test samples",
     "removed_valid": "valid items not in train (removed)",
     "removed_test": "test items not in train (removed)",
     "train_interactions": "train",
