@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from fairbench.config import (
+    build,
     check_config,
     compose_config,
     expand_sweep,
@@ -107,11 +108,12 @@ def prevalidate(overrides: list[str]) -> None:
         check_config(cfg)
         if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
             raise UserError(f"ckpt_path: no checkpoint at {cfg.ckpt_path}")
+        # constructors check values too (e.g. split ratios, learning rate): build the cheap objects now
+        for group in ("trainer", "metric", "method", "logger"):
+            build(cfg[group])
+        dataset = build(cfg.dataset)
         if cfg.dataset.get("path"):  # a local copy: check its files now (the bundled copy is fetched later)
-            from hydra.utils import instantiate
-
-            spec = instantiate(cfg.dataset)
-            spec.locate(
+            dataset.locate(
                 cache_dir=Path(cfg.paths.cache_dir).expanduser(),
                 data_dir=Path(cfg.paths.data_dir).expanduser(),
             )
@@ -122,8 +124,6 @@ def prevalidate(overrides: list[str]) -> None:
 
 def run_job(cfg: DictConfig) -> float | None:
     """Hydra task: one run in its own directory, with status.json telling the sweep summary how it ended."""
-    from hydra.utils import instantiate
-
     from fairbench.pipeline import run
     from fairbench.report.loggers import RunLogger
     from fairbench.report.results import write_json
@@ -135,7 +135,7 @@ def run_job(cfg: DictConfig) -> float | None:
     failed = True
     try:
         check_config(cfg)
-        logger = instantiate(cfg.logger)
+        logger = build(cfg.logger)
         group = Path(hydra_cfg.sweep.dir).name if multirun else None
         name = (
             f"{cfg.model._target_.rsplit('.', 1)[-1]}-{cfg.method._target_.rsplit('.', 1)[-1]}-{run_dir.name}"

@@ -18,8 +18,8 @@ from typing import Any, Literal, Union
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
-from hydra.utils import get_object
+from hydra.errors import HydraException, InstantiationException
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -87,6 +87,23 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
         for value in values[1:]:
             jobs.append(fixed + firsts[:index] + [value] + firsts[index + 1 :])
     return jobs
+
+
+def build(node: DictConfig, **runtime: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets a :class:`UserError` raised while building reach the user as is.
+
+    Hydra wraps exceptions from constructors in ``InstantiationException``; a config mistake detected by a
+    constructor (e.g. ``trainer.lr must be > 0``) must still end as one clear message and exit code 2.
+    """
+    try:
+        return instantiate(node, **runtime)
+    except InstantiationException as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 # ----------------------------------------------------------------------------------------------- validation

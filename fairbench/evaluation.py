@@ -6,6 +6,7 @@ lists are computed once per split (batched over users) and every metric is deriv
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,6 +18,8 @@ from fairbench.data.types import InteractionData, ItemGroups
 from fairbench.errors import UserError
 from fairbench.metrics import evaluate_topk, full_ranking_topk
 from fairbench.models.base import Recommender
+
+log = logging.getLogger(__name__)
 
 GROUP_METRICS = ("cv", "min", "mgu", "dgu")
 
@@ -110,11 +113,14 @@ def metrics_from_topk(
     return SplitResult(metrics=metrics, groups=pd.DataFrame(rows))
 
 
-def check_group_kinds(cfg: MetricConfig, groups: dict[str, ItemGroups]) -> None:
-    """Every kind in metric.group_kinds must be built by dataset.groups."""
+def available_group_kinds(cfg: MetricConfig, groups: dict[str, ItemGroups]) -> list[str]:
+    """The kinds of ``metric.group_kinds`` that the dataset builds; the others are skipped with a warning
+    (e.g. genre metrics on a dataset without genres, such as BIGRec csv files)."""
     missing = [kind for kind in cfg.group_kinds if kind not in groups]
     if missing:
-        raise UserError(
-            f"metric.group_kinds asks for {missing}, but the dataset builds only {sorted(groups)}; "
-            "change metric.group_kinds or dataset.groups"
+        log.warning(
+            "metric.group_kinds asks for %s, but the dataset builds only %s: those metrics are skipped",
+            missing,
+            sorted(groups),
         )
+    return [kind for kind in cfg.group_kinds if kind in groups]

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from hydra.utils import get_object, instantiate
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from fairbench.backbones import item_vectors
-from fairbench.config import check_config
+from fairbench.config import build, check_config
 from fairbench.data import build_item_groups, load_dataset
 from fairbench.errors import UserError
-from fairbench.evaluation import MetricConfig, check_group_kinds, evaluate_split
+from fairbench.evaluation import MetricConfig, available_group_kinds, evaluate_split
 from fairbench.methods.base import FairnessMethod
 from fairbench.models.base import Recommender
 from fairbench.report.loggers import RunLogger
@@ -99,14 +99,14 @@ def run(cfg: DictConfig, run_dir: Path, logger: RunLogger | None = None) -> RunR
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     cache_dir, data_dir = Path(cfg.paths.cache_dir).expanduser(), Path(cfg.paths.data_dir).expanduser()
-    trainer_cfg: TrainerConfig = instantiate(cfg.trainer)
-    metric_cfg: MetricConfig = instantiate(cfg.metric)
+    trainer_cfg: TrainerConfig = build(cfg.trainer)
+    metric_cfg: MetricConfig = build(cfg.metric)
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
     data = load_dataset(cfg.dataset, cache_dir=cache_dir, data_dir=data_dir)
     groups = build_item_groups(data, cfg.dataset.groups)
-    check_group_kinds(metric_cfg, groups)
+    metric_cfg.group_kinds = available_group_kinds(metric_cfg, groups)
     timings["data"] = time.perf_counter() - started
     log.info(
         "dataset %s: %d users, %d items, %d train interactions",
@@ -130,8 +130,8 @@ def run(cfg: DictConfig, run_dir: Path, logger: RunLogger | None = None) -> RunR
         timings["embedding"] = time.perf_counter() - started
 
     torch.manual_seed(cfg.seed)
-    model: Recommender = instantiate(cfg.model, **runtime_args)
-    method: FairnessMethod = instantiate(cfg.method)
+    model: Recommender = build(cfg.model, **runtime_args)
+    method: FairnessMethod = build(cfg.method)
     kind = method_group_kind(cfg.method)
     if kind is not None and kind not in groups:
         raise UserError(f"method.groups asks for {kind} groups but the dataset builds only {sorted(groups)}")
@@ -158,6 +158,7 @@ def run(cfg: DictConfig, run_dir: Path, logger: RunLogger | None = None) -> RunR
         resume_from=Path(cfg.ckpt_path) if cfg.ckpt_path else None,
         fingerprint=config_fingerprint(cfg),
         on_evaluation=on_evaluation,
+        train_timestamps=data.train_timestamps,
     )
     timings["training"] = time.perf_counter() - started
     timings["seconds_per_epoch"] = fitted.seconds_per_epoch

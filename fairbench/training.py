@@ -1,7 +1,12 @@
 """The training loop: batches of (user, positive) pairs, method-owned updates, early stopping on validation.
 
-Determinism: the order of the training pairs and the sampled negatives of epoch ``e`` come from a generator
-seeded with (seed, e) alone, so a run resumed from a checkpoint reproduces the uninterrupted run exactly.
+A model with ``batch_unit = "user"`` (MultVAE) is trained on batches of users instead: every user with at
+least one training item is one sample, batches carry ``users`` only and the per-sample loss is per user.
+
+Determinism: the order of the training samples and the sampled negatives of epoch ``e`` come from a
+generator seeded with (seed, e) alone, and a model's own randomness (SGL views, XSimGCL noise, MultVAE
+dropout) from a second seed of (seed, e) passed to ``model.on_epoch_start``; so a run resumed from a
+checkpoint reproduces the uninterrupted run exactly.
 """
 
 from __future__ import annotations
@@ -112,6 +117,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
 
 
+def model_seed(seed: int, epoch: int) -> int:
+    """Seed of a model's own random stream in one epoch, a function of (seed, epoch) only.
+
+    Independent of :func:`epoch_generator`, so models that use it do not change the pair order or negatives.
+    """
+    return int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0])
+
+
 def fit(
     model: Recommender,
     method: FairnessMethod,
@@ -127,22 +140,45 @@ def fit(
     resume_from: Path | None = None,
     fingerprint: str = "",
     on_evaluation: Callable[[int, dict[str, float]], None] | None = None,
+    train_timestamps: np.ndarray | None = None,
 ) -> FitResult:
     """Train ``model`` with ``method`` and restore the parameters with the best validation ``cfg.monitor``.
 
     ``evaluate(model)`` returns validation metrics (keys such as ``recall@20``); it must not look at test.
     ``fingerprint`` identifies the run's config; resuming from a checkpoint of another config is refused.
+    ``train_timestamps`` (aligned with ``train.indices``) reach methods that need them (``needs_timestamps``).
     """
     device = torch.device(device)
-    coo = train.tocoo()
-    pair_users = torch.from_numpy(coo.row.astype(np.int64))
-    pair_items = torch.from_numpy(coo.col.astype(np.int64))
-    n_pairs = len(pair_users)
-    steps_per_epoch = math.ceil(n_pairs / cfg.batch_size)
-    sampler = NegativeSampler(train) if model.num_negatives > 0 else None
+    sample_items: torch.Tensor | None
+    if model.batch_unit == "user":
+        sample_users = torch.from_numpy(np.flatnonzero(train.getnnz(axis=1) > 0).astype(np.int64))
+        sample_items = None
+        batch_size = model.users_per_batch or cfg.batch_size
+    else:
+        coo = train.tocoo()
+        sample_users = torch.from_numpy(coo.row.astype(np.int64))
+        sample_items = torch.from_numpy(coo.col.astype(np.int64))
+        batch_size = cfg.batch_size
+    n_samples = len(sample_users)
+    steps_per_epoch = math.ceil(n_samples / batch_size)
+    sampler = NegativeSampler(train) if model.num_negatives > 0 and sample_items is not None else None
     groups_on_device = item_groups.to(device) if item_groups is not None else None
     if method.needs_groups and item_groups is None:
         raise UserError(f"{type(method).__name__} needs item groups (set method.groups)")
+    if method.needs_groups and sample_items is None:
+        raise UserError(
+            f"{type(method).__name__} needs the item group of every training sample, but "
+            f"{type(model).__name__} trains on whole users (one sample = one user's row, no positive item); "
+            "use it with a method that needs no groups (e.g. method=erm) or choose a pair-based model"
+        )
+    pair_timestamps = None
+    if train_timestamps is not None and sample_items is not None:
+        pair_timestamps = torch.from_numpy(np.asarray(train_timestamps, dtype=np.float64))
+    if method.needs_timestamps and pair_timestamps is None:
+        raise UserError(
+            f"{type(method).__name__} needs the timestamp of every training interaction, which this "
+            "dataset (or a model trained on whole users) does not provide"
+        )
 
     model.to(device)
     method.setup(
@@ -157,6 +193,8 @@ def fit(
             max_epochs=cfg.max_epochs,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
+            train_items=sample_items.to(device) if sample_items is not None else None,
+            train_timestamps=pair_timestamps,
         ),
     )
     optimizers = method.configure_optimizers(model)
@@ -186,17 +224,23 @@ def fit(
         started = time.perf_counter()
         model.train()
         generator = epoch_generator(seed, epoch)
-        order = torch.randperm(n_pairs, generator=generator)
+        order = torch.randperm(n_samples, generator=generator)
+        model.on_epoch_start(epoch, model_seed(seed, epoch))
         loss_sum = 0.0
         for step in range(steps_per_epoch):
-            index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            users, items = pair_users[index], pair_items[index]
-            batch: Batch = {"users": users, "pos_items": items}
+            index = order[step * batch_size : (step + 1) * batch_size]
+            users = sample_users[index]
+            batch: Batch = {"users": users}
+            if sample_items is not None:
+                batch["pos_items"] = sample_items[index]
             if sampler is not None:
                 batch["neg_items"] = sampler.sample(users, model.num_negatives, generator)
             batch = {k: v.to(device) for k, v in batch.items()}
-            if groups_on_device is not None:
+            if groups_on_device is not None and sample_items is not None:
                 batch["groups"] = groups_on_device[batch["pos_items"]]
+            if method.needs_timestamps and pair_timestamps is not None:
+                batch["timestamps"] = pair_timestamps[index].to(device)
+            model.on_train_step(epoch * steps_per_epoch + step)
             stats = method.training_step(model, batch, optimizers)
             if not math.isfinite(stats["loss"]):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch}, step {step}")
@@ -221,7 +265,10 @@ def fit(
             best_state = _copy_state(model)
         else:
             bad_evaluations += 1
-        row = {"epoch": epoch, "train/loss": loss_sum / n_pairs} | {
+        if bad_evaluations >= cfg.patience and method.start_next_phase(epoch):
+            model.load_state_dict(best_state)  # the next phase starts from the best parameters so far
+            bad_evaluations = 0
+        row = {"epoch": epoch, "train/loss": loss_sum / n_samples} | {
             f"valid/{k}": v for k, v in metrics.items()
         }
         result.history.append(row)

@@ -32,6 +32,11 @@ class TrainContext:
     max_epochs: int
     lr: float
     weight_decay: float
+    #: [P] item of every training pair, in the trainer's pair order (that of ``train.indices``); None for
+    #: models trained on whole users
+    train_items: torch.Tensor | None = None
+    #: [P] float64 timestamp of every training pair (same order), or None when the dataset has none
+    train_timestamps: torch.Tensor | None = None
 
 
 class FairnessMethod:
@@ -39,6 +44,8 @@ class FairnessMethod:
 
     #: whether batches must carry ``groups`` (membership of each positive item) [B, G]
     needs_groups: bool = False
+    #: whether batches must carry ``timestamps`` [B] (float64 time of each training pair)
+    needs_timestamps: bool = False
 
     def setup(self, model: Recommender, context: TrainContext) -> None:
         self.context = context
@@ -55,6 +62,12 @@ class FairnessMethod:
 
     def on_epoch_end(self, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called after every training epoch (0-based)."""
+
+    def start_next_phase(self, epoch: int) -> bool:
+        """Called when early stopping would end training after ``epoch``; True = the method starts its next
+        training phase instead (e.g. BiFair's "Separate" ablation: Z after theta). The trainer then restores
+        the best parameters so far and gives the new phase a fresh patience."""
+        return False
 
     def state_dict(self) -> dict:
         return {}

@@ -4,6 +4,9 @@ Item vectors z_i come from a frozen LM; a user's vector is the mean of its train
 (d -> h -> embed_dim, LeakyReLU) maps users and items into the recommendation space, LightGCN propagation
 over the normalised user-item graph follows, and scores are cosine similarities. Training: InfoNCE with
 uniformly sampled negatives. Source: LehengTHU/AlphaRec ``models/General/AlphaRec.py``.
+
+:class:`TextVectorRecommender` holds what AlphaRec shares with other recommenders over LM vectors (Linear):
+the text vectors, optionally trainable (BiFair's Z), and an optional score adjustment (PopDRO).
 """
 
 from __future__ import annotations
@@ -16,6 +19,96 @@ import torch
 from torch import nn
 
 from fairbench.models.base import Batch, Recommender, normalized_adjacency, propagate, sampled_info_nce
+
+ScoreAdjustment = Callable[[torch.Tensor, "torch.Tensor | None", "Batch | None"], torch.Tensor]
+"""f(similarity, items, batch) -> adjusted similarity. ``similarity`` [B, K] are cosine similarities of the
+users with ``items`` [B, K] (None = all items in index order, when ranking); ``batch`` is the training batch,
+or None when ranking."""
+
+
+class TextVectorRecommender(Recommender):
+    """Recommenders over LM text vectors: item vectors Z [I, d] and user vectors z_u = mean of Z over u's
+    training items (AlphaRec). Two options used by fairness methods:
+
+    - trainable Z (:meth:`set_text_vectors_trainable`, BiFair): Z becomes the ``nn.Parameter`` of parameter
+      set ``item_text_vectors`` and the user vectors are recomputed from it at every forward pass by the
+      sparse mean operator D_u^-1 R (so gradients reach Z through users too). Off by default: Z is then a
+      frozen buffer and the user vectors are precomputed, exactly as in AlphaRec.
+    - ``score_adjustment`` (PopDRO's popularity-aware score): applied to the cosine similarities before the
+      InfoNCE temperature in training, and to the ranking scores.
+    """
+
+    uses_text_vectors = True
+    tau: float
+
+    def init_text_vectors(self, train: sp.csr_matrix, item_vectors: np.ndarray, trainable: bool) -> None:
+        item_z = torch.as_tensor(np.asarray(item_vectors, dtype=np.float32))
+        self.register_buffer("item_text_vectors", item_z, persistent=False)
+        self.register_buffer("user_text_vectors", user_mean_vectors(train, item_z), persistent=False)
+        self.register_buffer("user_mean_operator", user_mean_operator(train), persistent=False)
+        self.score_adjustment: ScoreAdjustment | None = None
+        self._trainable_text_vectors = False
+        if trainable:
+            self.set_text_vectors_trainable(True)
+
+    @property
+    def text_vectors_trainable(self) -> bool:
+        return self._trainable_text_vectors
+
+    def set_text_vectors_trainable(self, trainable: bool = True) -> None:
+        """Make Z a trainable parameter (keeping its current values), or freeze it again."""
+        if trainable == self.text_vectors_trainable:
+            return
+        z = self.item_text_vectors.detach().clone()
+        del self.item_text_vectors
+        self._trainable_text_vectors = trainable
+        if trainable:
+            self.item_text_vectors = nn.Parameter(z)
+        else:
+            self.register_buffer("item_text_vectors", z, persistent=False)
+            with torch.no_grad():
+                self.user_text_vectors = torch.sparse.mm(self.user_mean_operator, z)
+
+    def text_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """User [U, d] and item [I, d] text vectors (users recomputed from Z when Z is trainable)."""
+        if self.text_vectors_trainable:
+            return torch.sparse.mm(self.user_mean_operator, self.item_text_vectors), self.item_text_vectors
+        return self.user_text_vectors, self.item_text_vectors
+
+    def text_vector_parameter_sets(self) -> dict[str, list[nn.Parameter]]:
+        """``{"item_text_vectors": [Z]}`` when Z is trainable, else empty."""
+        return {"item_text_vectors": [self.item_text_vectors]} if self.text_vectors_trainable else {}
+
+    def info_nce_losses(self, users: torch.Tensor, items: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-sample InfoNCE on the (adjusted) cosine similarities of the batch's users and items."""
+        if self.score_adjustment is None:
+            return sampled_info_nce(
+                users, items, batch["users"], batch["pos_items"], batch["neg_items"], self.tau
+            )
+        user = nn.functional.normalize(users[batch["users"]], dim=-1)
+        items_n = nn.functional.normalize(items, dim=-1)
+        pos_items, neg_items = batch["pos_items"][:, None], batch["neg_items"]
+        pos = (user * items_n[batch["pos_items"]]).sum(-1, keepdim=True)
+        if items.shape[0] < neg_items.shape[1] * items.shape[1]:
+            neg = (user @ items_n.T).gather(1, neg_items)
+        else:
+            neg = torch.einsum("bd,bnd->bn", user, items_n[neg_items])
+        pos = self.score_adjustment(pos, pos_items, batch)
+        neg = self.score_adjustment(neg, neg_items, batch)
+        logits = torch.cat([pos, neg], dim=1) / self.tau
+        return torch.logsumexp(logits, dim=1) - logits[:, 0]
+
+    def cosine_scorer(
+        self, users: torch.Tensor, items: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Ranking scores: cosine similarities of user and item embeddings, then any score adjustment."""
+        with torch.no_grad():
+            users = nn.functional.normalize(users, dim=-1)
+            items_t = nn.functional.normalize(items, dim=-1).T.contiguous()
+        adjust = self.score_adjustment
+        if adjust is None:
+            return lambda user_index: users[user_index] @ items_t
+        return lambda user_index: adjust(users[user_index] @ items_t, None, None)
 
 
 def alpharec_hidden_multiplier(lm_dim: int) -> float:
@@ -33,10 +126,8 @@ def alpharec_hidden_multiplier(lm_dim: int) -> float:
     return 9 / 32
 
 
-class AlphaRec(Recommender):
+class AlphaRec(TextVectorRecommender):
     """MLP projector + LightGCN over frozen LM vectors, cosine scores, InfoNCE (see module docstring)."""
-
-    uses_text_vectors = True
 
     def __init__(
         self,
@@ -48,6 +139,7 @@ class AlphaRec(Recommender):
         n_layers: int = 2,
         tau: float = 0.15,
         num_negatives: int = 256,
+        trainable_text_vectors: bool = False,
     ) -> None:
         super().__init__()
         n_users, n_items = train.shape
@@ -65,32 +157,51 @@ class AlphaRec(Recommender):
         self.projector = nn.Sequential(
             nn.Linear(lm_dim, hidden_dim), nn.LeakyReLU(), nn.Linear(hidden_dim, embed_dim)
         )
-        item_z = torch.as_tensor(np.asarray(item_vectors, dtype=np.float32))
-        self.register_buffer("item_text_vectors", item_z, persistent=False)
-        self.register_buffer("user_text_vectors", user_mean_vectors(train, item_z), persistent=False)
         self.register_buffer("adjacency", normalized_adjacency(train), persistent=False)
+        self.init_text_vectors(train, item_vectors, trainable_text_vectors)
 
     def parameter_sets(self) -> dict[str, list[nn.Parameter]]:
-        return {"projector": list(self.projector.parameters())}
+        return {"projector": list(self.projector.parameters())} | self.text_vector_parameter_sets()
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Propagated user [U, e] and item [I, e] embeddings (AlphaRec ``compute``)."""
-        projected = self.projector(torch.cat([self.user_text_vectors, self.item_text_vectors]))
+        if self.text_vectors_trainable:
+            projected = self.project_from_items()
+        else:
+            projected = self.projector(torch.cat(self.text_vectors()))
         out = propagate(self.adjacency, projected, self.n_layers)
         return out[: self.n_users], out[self.n_users :]
 
+    def project_from_items(self) -> torch.Tensor:
+        """The projector's output for [users; items] with trainable Z, the first layer applied to items only.
+
+        The first layer is linear and z_u = M Z, so W1 z_u + b1 = M (Z W1^T) + b1: the same values without
+        the users' pass through the widest matmul (users without items get b1, as W1 0 + b1).
+        """
+        first, rest = self.projector[0], self.projector[1:]
+        item_linear = nn.functional.linear(self.item_text_vectors, first.weight)
+        user_linear = torch.sparse.mm(self.user_mean_operator, item_linear)
+        return rest(torch.cat([user_linear, item_linear]) + first.bias)
+
     def sample_losses(self, batch: Batch) -> torch.Tensor:
         users, items = self.embeddings()
-        return sampled_info_nce(
-            users, items, batch["users"], batch["pos_items"], batch["neg_items"], self.tau
-        )
+        return self.info_nce_losses(users, items, batch)
 
     def scorer(self) -> Callable[[torch.Tensor], torch.Tensor]:
         with torch.no_grad():
             users, items = self.embeddings()
-            users = nn.functional.normalize(users, dim=-1)
-            items_t = nn.functional.normalize(items, dim=-1).T.contiguous()
-        return lambda user_index: users[user_index] @ items_t
+        return self.cosine_scorer(users, items)
+
+
+def user_mean_operator(train: sp.csr_matrix) -> torch.Tensor:
+    """Sparse [U, I] operator M = D_u^-1 R: M Z = the users' mean item vectors (zero rows for no items)."""
+    r = sp.csr_matrix(train, dtype=np.float32)
+    counts = np.asarray(r.sum(axis=1)).ravel()
+    inv = np.divide(1.0, counts, out=np.zeros_like(counts, dtype=np.float64), where=counts > 0)
+    coo = (sp.diags(inv.astype(np.float32)) @ r).tocoo()
+    indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    values = torch.from_numpy(coo.data.astype(np.float32))
+    return torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=False).coalesce()
 
 
 def user_mean_vectors(train: sp.csr_matrix, item_vectors: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ A recommender
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,7 +17,10 @@ import torch
 from torch import nn
 
 Batch = dict[str, torch.Tensor]
-"""A training batch: ``users`` [B], ``pos_items`` [B], optional ``neg_items`` [B, N] and ``groups`` [B, G]."""
+"""A training batch: ``users`` [B], ``pos_items`` [B], optional ``neg_items`` [B, N] and ``groups`` [B, G].
+
+Models with ``batch_unit = "user"`` (MultVAE) get ``users`` [B] only: one sample is one user's whole row.
+"""
 
 
 class Recommender(nn.Module):
@@ -26,6 +30,21 @@ class Recommender(nn.Module):
     uses_text_vectors: bool = False
     #: sampled negatives per (user, positive) the trainer attaches to each batch as ``neg_items``
     num_negatives: int = 0
+    #: what one training sample is: a (user, positive item) pair, or a user with all its training items
+    batch_unit: Literal["pair", "user"] = "pair"
+    #: users per step for ``batch_unit == "user"``; None = ``trainer.batch_size`` users
+    users_per_batch: int | None = None
+
+    def on_epoch_start(self, epoch: int, seed: int) -> None:
+        """Called by the trainer before every training epoch (0-based).
+
+        ``seed`` is a function of (run seed, epoch) only. Models with their own randomness (graph views,
+        noise, dropout) draw it from a generator seeded with it (:func:`seeded_generator`), so a run resumed
+        from a checkpoint is identical to the uninterrupted run.
+        """
+
+    def on_train_step(self, global_step: int) -> None:
+        """Called by the trainer before every optimisation step; ``global_step`` counts steps from 0."""
 
     def parameter_sets(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by name; the default is one set with everything."""
@@ -38,6 +57,11 @@ class Recommender(nn.Module):
     def scorer(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """A function mapping user indices [B] to scores over all items [B, I] (computed in eval mode)."""
         raise NotImplementedError
+
+
+def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator on ``device`` seeded with ``seed`` (a model's own random stream)."""
+    return torch.Generator(device=device).manual_seed(int(seed))
 
 
 def normalized_adjacency(train: sp.csr_matrix) -> torch.Tensor:

@@ -1,0 +1,319 @@
+"""BiFair (Zhang et al., 2025, arXiv 2507.04294): bi-level fairness training of an LLM-enhanced recommender.
+
+Parameters: the projector theta (every parameter set but ``item_text_vectors``) and the item LM vectors Z
+(parameter set ``item_text_vectors``, initialised from the backbone; the user vectors follow as means of Z).
+Per step, with l_n(theta, Z) the group losses of the groups present in the batch (group InfoNCE, Eq. 8;
+membership-weighted means, see ``grouping``):
+
+1. per-group gradients g_n = grad_theta l_n(theta, Z) from one forward pass (one backward per group);
+2. fairness-aware weights (Sec. 3.3, Algorithm 2): Frank-Wolfe on the Gram matrix of the gradient set
+   {g_1, .., g_N, -grad H_s}, where -grad H_s = sum_n c_n g_n with c_n = p_n log p_n - p_n sum_i p_i log p_i
+   and p = softmax(l) (Eq. 10, App. A); the min-norm point is sum_n wt_n g_n with the effective group
+   weights wt_n = w_n + w_{N+1} c_n (Eq. 11);
+3. inner step (Algorithm 1, line 4): theta moves along d_theta = sum_n wt_n g_n;
+4. outer step (Eqs. 5-7): with L = sum_n wt_n l_n, theta' = theta - xi d_theta, v = grad_theta' L(theta', Z),
+   d_Z = grad_Z L(theta', Z) - xi [grad_Z L(theta+, Z) - grad_Z L(theta-, Z)] / (2 eps),
+   theta+- = theta +- eps v, eps = fd_epsilon / ||v|| (DARTS ``architect.py``: r = 0.01); by linearity
+   d_Z = sum_n wt_n h_n, the weighted per-group unrolled gradients;
+5. AdamW steps (betas (0.9, 0.999), weight decay 0.1; Sec. 4.3.3) on theta with d_theta and on Z with d_Z,
+   each learning rate decayed polynomially, lr_t = lr_0 (1 - t / T)^0.9 after t steps of that optimiser,
+   T = max_epochs x steps per epoch (the step counts are method state, so a resumed run continues the
+   schedule; resumed with another trainer.max_epochs, the rest of the schedule follows the new T).
+
+The weights are computed once per step, after the inner direction and before the outer one (the paper computes
+w "only after determining the update directions", to avoid a tri-level problem); the Gram matrix uses the
+projector gradients, the paper's grad l_n(theta_t). Unpublished values are config keys: xi (default: theta's
+learning rate, DARTS's convention), fd_epsilon, fw_iterations, theta_lr, z_lr.
+
+:class:`BiFairSeparate` is the paper's "Separate" ablation (Sec. 4.5): theta is trained with the same fair
+loss (Z frozen) until early stopping, then frozen at its best epoch while Z is trained with the fair loss
+(first-order: with theta fixed there is no inner problem to unroll).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+from fairbench.errors import UserError
+from fairbench.methods.base import FairnessMethod, TrainContext
+from fairbench.methods.grouping import (
+    GroupKind,
+    assign_gradient,
+    batch_membership,
+    entropy_coefficients,
+    flat_gradient,
+    flat_gradients,
+    group_losses,
+    load_parameter_vector,
+    parameter_vector,
+)
+from fairbench.methods.solvers import frank_wolfe_weights
+from fairbench.models.base import Batch, Recommender
+
+log = logging.getLogger(__name__)
+
+Z_SET = "item_text_vectors"
+
+
+def fair_group_weights(losses: torch.Tensor, grads: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Effective group weights wt [N] of BiFair's Algorithm 2 from group losses [N] and gradients [N, P].
+
+    The gradient set is {g_1..g_N, -grad H_s} with -grad H_s = sum_n c_n g_n, so its Gram matrix is
+    A^T K A with K = grads grads^T and A = [I | c]; Frank-Wolfe gives w [N + 1] and wt = A w. With a single
+    group the entropy gradient is zero (the min-norm point would be 0): wt = [1].
+    """
+    if len(losses) == 1:  # H_s of one loss is constant: its gradient vanishes and so would the step
+        return torch.ones(1, dtype=grads.dtype, device=grads.device)
+    coefficients = entropy_coefficients(losses.detach().double())
+    combination = torch.cat(
+        [torch.eye(len(losses), dtype=torch.float64, device=losses.device), coefficients[:, None]], dim=1
+    )
+    gram = grads.double() @ grads.double().T
+    w = torch.as_tensor(
+        frank_wolfe_weights(combination.T @ gram @ combination, iterations), device=losses.device
+    )
+    return (combination @ w).to(grads.dtype)
+
+
+def finite_difference_hvp(
+    loss_fn: Callable[[], torch.Tensor],
+    theta: list[torch.Tensor],
+    z: list[torch.Tensor],
+    vector: torch.Tensor,
+    epsilon: float,
+) -> torch.Tensor:
+    """[grad_Z L(theta + eps v, Z) - grad_Z L(theta - eps v, Z)] / (2 eps) ~ grad^2_{Z,theta} L v (flat).
+
+    ``loss_fn()`` evaluates L at the current parameter values; theta is restored afterwards.
+    """
+    original = parameter_vector(theta)
+    load_parameter_vector(theta, original + epsilon * vector)
+    plus = flat_gradient(loss_fn(), z, retain_graph=False)
+    load_parameter_vector(theta, original - epsilon * vector)
+    minus = flat_gradient(loss_fn(), z, retain_graph=False)
+    load_parameter_vector(theta, original)
+    return (plus - minus) / (2 * epsilon)
+
+
+class BiFair(FairnessMethod):
+    """Bi-level optimisation of projector and LM item vectors with the adaptive fair loss (see module)."""
+
+    needs_groups = True
+
+    def __init__(
+        self,
+        groups: GroupKind = "popularity",
+        theta_lr: float | None = None,
+        z_lr: float = 1.0e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.999),
+        lr_decay_power: float = 0.9,
+        xi: float | None = None,
+        fd_epsilon: float = 0.01,
+        fw_iterations: int = 100,
+    ) -> None:
+        if (theta_lr is not None and theta_lr <= 0) or z_lr <= 0:
+            raise UserError(f"bifair: learning rates must be > 0, got theta_lr={theta_lr}, z_lr={z_lr}")
+        if fd_epsilon <= 0 or fw_iterations < 1 or (xi is not None and xi < 0):
+            raise UserError("bifair: need fd_epsilon > 0, fw_iterations >= 1 and xi >= 0 (or null)")
+        betas = tuple(float(b) for b in betas)
+        if len(betas) != 2:
+            raise UserError(f"bifair: betas must have two values, got {list(betas)}")
+        self.groups, self.theta_lr, self.z_lr, self.weight_decay = groups, theta_lr, z_lr, weight_decay
+        self.betas, self.lr_decay_power, self.xi_value = betas, lr_decay_power, xi
+        self.fd_epsilon, self.fw_iterations = fd_epsilon, fw_iterations
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.steps: dict[str, int] = {"theta": 0, Z_SET: 0}
+
+    # ------------------------------------------------------------------------------------------- set-up
+
+    def setup(self, model: Recommender, context: TrainContext) -> None:
+        super().setup(model, context)
+        make_trainable = getattr(model, "set_text_vectors_trainable", None)
+        if not callable(make_trainable):
+            raise UserError(
+                f"{self.name} needs a model with trainable LM item vectors (alpharec, linear); "
+                f"{type(model).__name__} has none"
+            )
+        make_trainable(True)
+        sets = model.parameter_sets()
+        self.z = list(sets[Z_SET])
+        self.theta = [p for name, group in sets.items() if name != Z_SET for p in group if p.requires_grad]
+        self.lr_theta = self.theta_lr if self.theta_lr is not None else context.lr
+        self.xi = self.xi_value if self.xi_value is not None else self.lr_theta
+
+    @property
+    def name(self) -> str:
+        return "bifair"
+
+    def configure_optimizers(self, model: Recommender) -> dict[str, torch.optim.Optimizer]:
+        optimizers = {
+            "theta": torch.optim.AdamW(
+                self.theta, lr=self.lr_theta, betas=self.betas, weight_decay=self.weight_decay
+            ),
+            Z_SET: torch.optim.AdamW(self.z, lr=self.z_lr, betas=self.betas, weight_decay=self.weight_decay),
+        }
+        self.optimizers = optimizers
+        self.base_lrs = {"theta": self.lr_theta, Z_SET: self.z_lr}
+        return optimizers
+
+    def learning_rate(self, name: str) -> float:
+        """lr_0 (1 - t / T)^power after t steps of optimiser ``name``, T = max_epochs x steps per epoch."""
+        total = max(self.context.max_epochs * self.context.steps_per_epoch, 1)
+        return self.base_lrs[name] * max(1.0 - self.steps[name] / total, 0.0) ** self.lr_decay_power
+
+    def set_learning_rates(self) -> None:
+        for name, optimizer in self.optimizers.items():
+            for group in optimizer.param_groups:
+                group["lr"] = self.learning_rate(name)
+
+    # ---------------------------------------------------------------------------------------------- step
+
+    def group_step(
+        self, model: Recommender, batch: Batch, params: list[torch.Tensor], keep_graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward pass: group losses, per-group gradients w.r.t. ``params`` and the effective weights.
+
+        Returns (per-sample losses, present group indices, group losses [N], weights wt [N],
+        gradients [N, P]); with ``keep_graph`` the group losses can still be differentiated.
+        """
+        membership = batch_membership(batch, self.name)
+        losses = model.sample_losses(batch)
+        grouped = group_losses(losses, membership)
+        present = torch.nonzero(grouped.present).flatten()
+        values = grouped.values[present]
+        grads = flat_gradients(list(values), params, retain_graph=keep_graph)
+        weights = fair_group_weights(values, grads, self.fw_iterations) if len(present) else grads[:, 0]
+        return losses.detach(), present, values, weights, grads
+
+    def weighted_loss(
+        self, model: Recommender, batch: Batch, present: torch.Tensor, weights: torch.Tensor
+    ) -> Callable[[], torch.Tensor]:
+        """L = sum_n wt_n l_n at the model's current parameters (a closure for the unrolled passes)."""
+        membership = batch["groups"]
+
+        def loss() -> torch.Tensor:
+            values = group_losses(model.sample_losses(batch), membership).values[present]
+            return (weights * values).sum()
+
+        return loss
+
+    def outer_direction(self, loss_fn: Callable[[], torch.Tensor], d_theta: torch.Tensor) -> torch.Tensor:
+        """d_Z of step 4: the one-step unrolled gradient with the finite-difference Hessian-vector product."""
+        original = parameter_vector(self.theta)
+        load_parameter_vector(self.theta, original - self.xi * d_theta)
+        unrolled = loss_fn()
+        grads = flat_gradient(unrolled, self.theta + self.z, retain_graph=False)
+        n_theta = original.numel()
+        vector, direct = grads[:n_theta], grads[n_theta:]
+        load_parameter_vector(self.theta, original)
+        norm = float(vector.norm())
+        if self.xi == 0 or norm == 0:
+            return direct
+        hvp = finite_difference_hvp(loss_fn, self.theta, self.z, vector, self.fd_epsilon / norm)
+        return direct - self.xi * hvp
+
+    def apply(self, optimizers: dict[str, torch.optim.Optimizer], updates: dict[str, torch.Tensor]) -> None:
+        """Set the gradients of the named parameter sets, step their optimisers and decay their rates."""
+        params = {"theta": self.theta, Z_SET: self.z}
+        for optimizer in optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        for name, direction in updates.items():
+            assign_gradient(params[name], direction)
+            optimizers[name].step()
+            self.steps[name] += 1
+        self.set_learning_rates()
+
+    def training_step(
+        self, model: Recommender, batch: Batch, optimizers: dict[str, torch.optim.Optimizer]
+    ) -> dict[str, float]:
+        losses, present, _, weights, grads = self.group_step(model, batch, self.theta)
+        if len(present) == 0:  # no sample of any group (only possible with ungrouped items): no update
+            return {"loss": float(losses.mean())}
+        d_theta = weights @ grads
+        d_z = self.outer_direction(self.weighted_loss(model, batch, present, weights), d_theta)
+        self.apply(optimizers, {"theta": d_theta, Z_SET: d_z})
+        return {"loss": float(losses.mean())}
+
+    # --------------------------------------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        return {"steps": dict(self.steps)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = {name: int(count) for name, count in state["steps"].items()}
+        self.set_learning_rates()
+
+
+class BiFairSeparate(BiFair):
+    """BiFair's "Separate" ablation: theta with the fair loss until early stopping, then Z with theta frozen.
+
+    Phase ``theta``: steps 1-3 of BiFair (Z untouched). Phase ``z`` (from the best epoch of phase theta, when
+    early stopping would end it): the weights wt from the projector gradients as in phase theta, and Z moves
+    along grad_Z sum_n wt_n l_n. If ``trainer.max_epochs`` ends phase theta, Z is never trained (logged).
+    """
+
+    def __init__(
+        self,
+        groups: GroupKind = "popularity",
+        theta_lr: float | None = None,
+        z_lr: float = 1.0e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.999),
+        lr_decay_power: float = 0.9,
+        fw_iterations: int = 100,
+    ) -> None:
+        super().__init__(
+            groups=groups,
+            theta_lr=theta_lr,
+            z_lr=z_lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            lr_decay_power=lr_decay_power,
+            fw_iterations=fw_iterations,
+        )
+        self.phase: Literal["theta", "z"] = "theta"
+
+    @property
+    def name(self) -> str:
+        return "bifair_separate"
+
+    def training_step(
+        self, model: Recommender, batch: Batch, optimizers: dict[str, torch.optim.Optimizer]
+    ) -> dict[str, float]:
+        if self.phase == "theta":
+            losses, present, _, weights, grads = self.group_step(model, batch, self.theta)
+            if len(present):
+                self.apply(optimizers, {"theta": weights @ grads})
+            return {"loss": float(losses.mean())}
+        losses, present, values, weights, _ = self.group_step(model, batch, self.theta, keep_graph=True)
+        if len(present):
+            self.apply(
+                optimizers, {Z_SET: flat_gradient((weights * values).sum(), self.z, retain_graph=False)}
+            )
+        return {"loss": float(losses.mean())}
+
+    def start_next_phase(self, epoch: int) -> bool:
+        if self.phase == "z":
+            return False
+        self.phase = "z"
+        log.info("bifair_separate: theta converged at epoch %d; training Z with theta frozen", epoch)
+        return True
+
+    def on_epoch_end(self, epoch: int) -> None:
+        if self.phase == "theta" and epoch == self.context.max_epochs - 1:
+            log.warning(
+                "bifair_separate: trainer.max_epochs ended phase theta before early stopping; "
+                "Z was not trained"
+            )
+
+    def state_dict(self) -> dict:
+        return super().state_dict() | {"phase": self.phase}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.phase = state["phase"]

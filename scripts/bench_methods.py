@@ -1,0 +1,173 @@
+"""Seconds per training epoch of every fairness method, relative to ERM measured in the same process.
+
+    python scripts/bench_methods.py [--epochs N] [--methods erm,bifair,...] [hydra overrides...]
+
+Every method trains the default experiment's model (``model=alpharec`` on ``dataset=ml100k`` unless
+overridden) from the same initialisation for 1 + N epochs; the first epoch is a warm-up and is not counted,
+and no evaluation runs between the timed epochs (an epoch's time is the gap between consecutive
+``on_epoch_end`` calls). ERM runs first and last, and the ratios divide by the mean of its two timings, whose
+spread shows the noise of the machine. With ``--repeats R`` the whole sequence runs R times and the table
+shows the median seconds and the median of the per-repeat ratios (sturdier on a shared machine). Method
+options such as ``method.groups=genre`` apply to every method that has them.
+Results: a table on stdout and ``outputs/bench/methods.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import get_object, instantiate
+from omegaconf import OmegaConf
+
+from fairbench.backbones import item_vectors
+from fairbench.config import compose_config, list_options
+from fairbench.data import build_item_groups, load_dataset
+from fairbench.pipeline import method_group_kind, resolve_device
+from fairbench.training import fit
+
+DEFAULT_METHODS = ("erm", "reweight", "groupdro", "drorec", "popdro", "multifr", "itfr", "bifair")
+
+
+def epoch_seconds(name: str, overrides: list[str], epochs: int, data, groups, vectors, device) -> dict:
+    """Train ``method=name`` for 1 + ``epochs`` epochs; the per-epoch seconds after the warm-up epoch."""
+    method_overrides = [o for o in overrides if not o.startswith("method.")]
+    cfg = compose_config([f"method={name}", *method_overrides])
+    OmegaConf.set_struct(cfg, False)
+    for override in overrides:  # method options only where the method has them (e.g. groups)
+        key, _, value = override.partition("=")
+        if key.startswith("method.") and key[len("method.") :] in cfg.method:
+            cfg.merge_with_dotlist([f"{key}={value}"])
+    trainer = instantiate(cfg.trainer)
+    trainer.max_epochs, trainer.eval_every, trainer.progress, trainer.checkpoint = (
+        epochs + 1,
+        10**9,
+        False,
+        False,
+    )
+    torch.manual_seed(cfg.seed)
+    runtime = {"item_vectors": vectors} if vectors is not None else {}
+    model = instantiate(cfg.model, train=data.train, **runtime)
+    method = instantiate(cfg.method)
+    kind = method_group_kind(cfg.method)
+    membership = torch.from_numpy(groups[kind].membership.astype(np.float32)) if kind else None
+    stamps: list[float] = []
+    original_end = method.on_epoch_end
+
+    def timed_end(epoch: int) -> None:
+        original_end(epoch)
+        stamps.append(time.perf_counter())
+
+    method.on_epoch_end = timed_end  # type: ignore[method-assign]
+    fit(
+        model,
+        method,
+        data.train,
+        trainer,
+        lambda _: {trainer.monitor: 0.0},
+        seed=cfg.seed,
+        item_groups=membership,
+        group_names=groups[kind].names if kind else None,
+        device=device,
+        train_timestamps=data.train_timestamps,
+    )
+    per_epoch = np.diff(stamps)
+    return {
+        "method": name,
+        "groups": kind,
+        "epochs_timed": len(per_epoch),
+        "seconds_per_epoch": float(per_epoch.mean()),
+        "seconds_per_epoch_min": float(per_epoch.min()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per method (after one warm-up)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method names")
+    parser.add_argument("--repeats", type=int, default=1, help="run the whole sequence this many times")
+    parser.add_argument("--out", default="outputs/bench/methods.json", help="where to write the results")
+    args, overrides = parser.parse_known_args()
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(list_options()["method"]))
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; choose from {list_options()['method']}")
+
+    cfg = compose_config([o for o in overrides if not o.startswith("method.")])
+    device = resolve_device(cfg.device)
+    cache_dir, data_dir = Path(cfg.paths.cache_dir).expanduser(), Path(cfg.paths.data_dir).expanduser()
+    data = load_dataset(cfg.dataset, cache_dir=cache_dir, data_dir=data_dir)
+    groups = build_item_groups(data, cfg.dataset.groups)
+    vectors = None
+    if getattr(get_object(cfg.model._target_), "uses_text_vectors", False):
+        vectors = item_vectors(
+            cfg.backbone, data.items, cache_dir=cache_dir, device=str(device), show_progress=False
+        )
+
+    order = ["erm", *[m for m in methods if m != "erm"], "erm"]
+    repeats: list[list[dict]] = []
+    for repeat in range(args.repeats):
+        rows = []
+        for name in order:
+            row = epoch_seconds(name, overrides, args.epochs, data, groups, vectors, device)
+            rows.append(row)
+            print(
+                f"  [{repeat + 1}/{args.repeats}] {name:<16} {row['seconds_per_epoch']:8.2f} s/epoch",
+                flush=True,
+            )
+        repeats.append(rows)
+    erm_runs = [[r["seconds_per_epoch"] for r in rows if r["method"] == "erm"] for rows in repeats]
+    results = []
+    for index, name in enumerate(order[:-1]):
+        seconds = [
+            rows[index]["seconds_per_epoch"] if name != "erm" else float(np.mean(erm))
+            for rows, erm in zip(repeats, erm_runs, strict=True)
+        ]
+        ratios = [t / float(np.mean(erm)) for t, erm in zip(seconds, erm_runs, strict=True)]
+        results.append(
+            {
+                "method": name,
+                "groups": repeats[0][index]["groups"],
+                "seconds_per_epoch": float(np.median(seconds)),
+                "ratio_vs_erm": float(np.median(ratios)),
+                "ratios_per_repeat": ratios,
+            }
+        )
+
+    print(f"\n{'method':<16} {'groups':<6} {'s/epoch':>9} {'x erm':>7}  per repeat")
+    for r in results:
+        seconds, ratio = r["seconds_per_epoch"], r["ratio_vs_erm"]
+        spread = ", ".join(f"{x:.2f}" for x in r["ratios_per_repeat"])
+        print(f"{r['method']:<16} {str(r['groups']):<6} {seconds:>9.2f} {ratio:>7.2f}  {spread}")
+    print("erm runs (first, last) per repeat: " + "; ".join(f"{a:.2f}, {b:.2f}" for a, b in erm_runs))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "overrides": overrides,
+        "epochs_timed": args.epochs,
+        "repeats": args.repeats,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.platform(),
+        "dataset": data.name,
+        "model": cfg.model._target_,
+        "erm_seconds_per_epoch_runs": erm_runs,
+        "methods": results,
+    }
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, out)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Training cost of every recommender: seconds per epoch and peak memory, each model in its own subprocess.
+
+    python scripts/bench_models.py [--models mf,lightgcn,...] [--epochs 3] [overrides...]
+
+Each model trains for a few epochs on the configured dataset (default ml100k) with evaluation excluded
+(the validation callback returns a constant; ``eval_every`` is past the last epoch, so the only evaluation
+is the trivial one after the last epoch). Data loading and LM item vectors (read from the cache; built once
+beforehand if missing) are not timed. Peak memory is the subprocess's peak resident set size (and the peak
+CUDA allocation on a GPU). Timings are noisy on shared machines: compare models measured in the same run.
+Results are printed and written to outputs/bench/models.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODELS = "mf,multvae,lightgcn,sgl,xsimgcl,linear,alpharec"
+
+MODEL_CODE = r"""
+import json, resource, sys, time
+from pathlib import Path
+import torch
+from hydra.utils import get_object, instantiate
+from fairbench.config import check_config, compose_config
+from fairbench.data import load_dataset
+from fairbench.pipeline import resolve_device, seed_everything
+from fairbench.training import fit
+
+overrides, epochs = json.loads(sys.argv[1]), int(sys.argv[2])
+cfg = compose_config(overrides)
+check_config(cfg)
+seed_everything(cfg.seed)
+device = resolve_device(cfg.device)
+cache, data_dir = Path(cfg.paths.cache_dir).expanduser(), Path(cfg.paths.data_dir).expanduser()
+data = load_dataset(cfg.dataset, cache_dir=cache, data_dir=data_dir)
+kwargs = {"train": data.train}
+if getattr(get_object(cfg.model._target_), "uses_text_vectors", False):
+    from fairbench.backbones import item_vectors
+    kwargs["item_vectors"] = item_vectors(cfg.backbone, data.items, cache_dir=cache, show_progress=False)
+torch.manual_seed(cfg.seed)
+model = instantiate(cfg.model, **kwargs)
+trainer = instantiate(cfg.trainer)
+trainer.max_epochs, trainer.eval_every = epochs, epochs + 1
+trainer.progress, trainer.checkpoint = False, False
+rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+if device.type == "cuda":
+    torch.cuda.reset_peak_memory_stats(device)
+started = time.perf_counter()
+result = fit(model, instantiate(cfg.method), data.train, trainer, lambda m: {trainer.monitor: 0.0},
+             seed=cfg.seed, device=device)
+out = {
+    "seconds_per_epoch": result.seconds_per_epoch,
+    "fit_seconds": time.perf_counter() - started,
+    "epochs": result.epochs_run,
+    "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    "device": str(device),
+    "peak_rss_before_fit_mb": rss_before,
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+}
+if device.type == "cuda":
+    out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+print("BENCH " + json.dumps(out))
+"""
+
+
+def bench_model(model: str, epochs: int, overrides: list[str]) -> dict:
+    """Train ``model`` for ``epochs`` epochs in a fresh interpreter and return its measurements."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", MODEL_CODE, json.dumps([f"model={model}", *overrides]), str(epochs)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        return {"model": model, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("BENCH "))
+    return {"model": model, "wall_seconds": time.perf_counter() - started} | json.loads(line[len("BENCH ") :])
+
+
+def warm_caches(overrides: list[str]) -> None:
+    """Build the processed dataset and the LM item vectors once, outside the measurements."""
+    subprocess.run(
+        [sys.executable, "-m", "fairbench.cli", "embed", *overrides],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated model options")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per model (default 3)")
+    parser.add_argument("--out", type=Path, default=Path("outputs") / "bench" / "models.json")
+    args, overrides = parser.parse_known_args()
+    models = [m for m in args.models.split(",") if m]
+    warm_caches(overrides)
+    rows = [bench_model(model, args.epochs, overrides) for model in models]
+    report = {
+        "overrides": overrides,
+        "epochs": args.epochs,
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "models": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"{'model':<10} {'s/epoch':>8} {'RSS MB':>8} {'CUDA MB':>8} {'params':>10}  device")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['model']:<10} failed: {row['error']}")
+            continue
+        cuda = f"{row['peak_cuda_mb']:>8.0f}" if "peak_cuda_mb" in row else f"{'-':>8}"
+        print(
+            f"{row['model']:<10} {row['seconds_per_epoch']:>8.3f} {row['peak_rss_mb']:>8.0f} {cuda} "
+            f"{row['parameters']:>10d}  {row['device']}"
+        )
+    print(f"written to {args.out}")
+    if any("error" in row for row in rows):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""BiFair Table 1 on your data: accuracy and item-side fairness of every recommender, mean ± std over seeds.
+
+    python scripts/model_table.py [--models mf,...,alpharec] [--seeds 0,1,2] [overrides...]
+    python scripts/model_table.py --sweep-dir outputs/multiruns/<date>/<time>      (reuse a finished sweep)
+
+Without --sweep-dir it runs one Hydra sweep,
+    fairbench train -m model=<models> seed=<seeds> logger=none trainer.progress=false [overrides...]
+then reads the sweep's summary.csv. It writes docs/results_models.md (or --out): per model the mean ± std
+(sample std over the completed seeds) of test Recall/NDCG/HR@20 and popularity/genre CV@20 and MIN@20,
+the number of seeds, and the command that produced the runs. BiFair's claim to check: LLM-enhanced models
+(Linear, AlphaRec) have lower CV and higher MIN than the ID-based ones at similar or better accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from hydra.utils import get_object
+from omegaconf import OmegaConf
+
+DEFAULT_MODELS = "mf,multvae,lightgcn,sgl,xsimgcl,linear,alpharec"
+COLUMNS = {
+    "test/recall@20": "Recall@20 ↑",
+    "test/ndcg@20": "NDCG@20 ↑",
+    "test/hr@20": "HR@20 ↑",
+    "test/pop/cv@20": "Pop CV@20 ↓",
+    "test/pop/min@20": "Pop MIN@20 ↑",
+    "test/genre/cv@20": "Genre CV@20 ↓",
+    "test/genre/min@20": "Genre MIN@20 ↑",
+}
+
+
+def run_sweep(models: str, seeds: str, overrides: list[str]) -> tuple[Path, str]:
+    """Run the sweep in a fresh directory under the output root; returns (sweep dir, command line)."""
+    root = Path(os.environ.get("FAIRBENCH_OUTPUTS", "outputs"))
+    stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    sweep_dir = root / "multiruns" / "model-table" / stamp
+    args = ["-m", f"model={models}", f"seed={seeds}", "logger=none", "trainer.progress=false", *overrides]
+    command = "fairbench train " + " ".join(shlex.quote(a) for a in args)
+    fairbench = str(Path(sys.executable).parent / "fairbench")
+    print(f"running: {command}\n  into {sweep_dir}", flush=True)
+    started = time.perf_counter()
+    proc = subprocess.run([fairbench, "train", *args, f"hydra.sweep.dir={sweep_dir}"])
+    print(f"sweep finished in {time.perf_counter() - started:.0f}s (exit code {proc.returncode})", flush=True)
+    if not (sweep_dir / "summary.csv").is_file():
+        raise SystemExit(f"the sweep wrote no {sweep_dir / 'summary.csv'}; see its output above")
+    return sweep_dir, command
+
+
+def parse_overrides(text: str) -> dict[str, str]:
+    """'model=mf seed=1' -> {'model': 'mf', 'seed': '1'}."""
+    return dict(token.split("=", 1) for token in str(text).split() if "=" in token)
+
+
+def model_label(job_dir: Path, model: str) -> str:
+    """The model option, plus the backbone's name for models that read LM vectors ('alpharec (minilm)')."""
+    config_file = job_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
+        return model
+    cfg = OmegaConf.load(config_file)
+    try:
+        uses_text = getattr(get_object(cfg.model._target_), "uses_text_vectors", False)
+    except Exception:  # noqa: BLE001 - a model class that no longer imports: label without the backbone
+        uses_text = False
+    return f"{model} ({cfg.backbone.name})" if uses_text else model
+
+
+def summarize(sweep_dir: Path, models: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(table of 'mean ± std' strings per model, failed jobs) from a sweep's summary.csv."""
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    parsed = summary["overrides"].map(parse_overrides)
+    summary["model"] = parsed.map(lambda o: o.get("model", "(default)"))
+    summary["seed"] = parsed.map(lambda o: o.get("seed", "0"))
+    summary["label"] = [
+        model_label(sweep_dir / str(job), m) for job, m in zip(summary["job"], summary["model"], strict=True)
+    ]
+    failed = summary[summary["status"] != "completed"]
+    done = summary[summary["status"] == "completed"]
+    order = models or list(dict.fromkeys(summary["model"]))
+    rows = []
+    for model in order:
+        runs = done[done["model"] == model]
+        if runs.empty:
+            continue
+        row = {"Model": runs["label"].iloc[0], "Seeds": len(runs)}
+        for key, name in COLUMNS.items():
+            values = runs[key].astype(float) if key in runs else pd.Series(dtype=float)
+            std = values.std(ddof=1) if len(values) > 1 else float("nan")
+            row[name] = f"{values.mean():.4f} ± {std:.4f}" if len(values) > 1 else f"{values.mean():.4f}"
+        rows.append(row)
+    return pd.DataFrame(rows), failed
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" if c == "Model" else "---:" for c in frame.columns) + "|"
+    lines = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *lines])
+
+
+def write_report(
+    path: Path, table: pd.DataFrame, failed: pd.DataFrame, sweep_dir: Path, command: str
+) -> None:
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        "# Recommenders: accuracy and item-side fairness (BiFair Table 1 protocol)",
+        "",
+        f"Generated by `scripts/model_table.py` on {when} from `{sweep_dir}`.",
+        "",
+        "Command:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "Test split, full ranking with training and validation items masked, K = 20; mean ± sample std over",
+        "seeds (the data split is fixed by `dataset.protocol.seed`; `seed` changes initialisation and",
+        "training order). CV: std / mean of the group utilities (lower is fairer); MIN: mean utility of",
+        "the worst 25% of groups (higher is fairer); pop = top 10% of items by training interactions vs",
+        "the rest; genre = the dataset's genres.",
+        "",
+        to_markdown(table) if not table.empty else "(no completed runs)",
+        "",
+    ]
+    if not failed.empty:
+        parts += ["Failed jobs:", ""]
+        parts += [f"- job {r.job} (`{r.overrides}`): {getattr(r, 'error', '')}" for r in failed.itertuples()]
+        parts.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated model options")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--sweep-dir", type=Path, help="read this finished sweep instead of running one")
+    parser.add_argument("--out", type=Path, default=Path("docs") / "results_models.md")
+    args, overrides = parser.parse_known_args()
+    if args.sweep_dir is not None:
+        sweep_dir = args.sweep_dir
+        if not (sweep_dir / "summary.csv").is_file():
+            raise SystemExit(f"--sweep-dir: no summary.csv in {sweep_dir}")
+        command = f"(existing sweep) python scripts/model_table.py --sweep-dir {sweep_dir}"
+        multirun = sweep_dir / "multirun.yaml"
+        if multirun.is_file():
+            task = OmegaConf.load(multirun).hydra.overrides.task
+            command = "fairbench train -m " + " ".join(shlex.quote(str(a)) for a in task)
+        models = None
+    else:
+        sweep_dir, command = run_sweep(args.models, args.seeds, overrides)
+        models = args.models.split(",")
+    table, failed = summarize(sweep_dir, models)
+    write_report(args.out, table, failed, sweep_dir, command)
+    print(to_markdown(table))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
