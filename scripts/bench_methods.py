@@ -6,7 +6,8 @@ Every method trains the default experiment's model (``model=alpharec`` on ``data
 overridden) from the same initialisation for 1 + N epochs; the first epoch is a warm-up and is not counted,
 and no evaluation runs between the timed epochs (an epoch's time is the gap between consecutive
 ``on_epoch_end`` calls). ERM runs first and last, and the ratios divide by the mean of its two timings, whose
-spread shows the noise of the machine. With ``--repeats R`` the whole sequence runs R times and the table
+spread shows the noise of the machine; ratios of process CPU time are given too (less sensitive to other
+processes on a shared machine). With ``--repeats R`` the whole sequence runs R times and the table
 shows the median seconds and the median of the per-repeat ratios (sturdier on a shared machine). Method
 options such as ``method.groups=genre`` apply to every method that has them.
 Results: a table on stdout and ``outputs/bench/methods.json``.
@@ -58,11 +59,13 @@ def epoch_seconds(name: str, overrides: list[str], epochs: int, data, groups, ve
     kind = method_group_kind(cfg.method)
     membership = torch.from_numpy(groups[kind].membership.astype(np.float32)) if kind else None
     stamps: list[float] = []
+    cpu_stamps: list[float] = []
     original_end = method.on_epoch_end
 
     def timed_end(epoch: int) -> None:
         original_end(epoch)
         stamps.append(time.perf_counter())
+        cpu_stamps.append(time.process_time())
 
     method.on_epoch_end = timed_end  # type: ignore[method-assign]
     fit(
@@ -77,14 +80,31 @@ def epoch_seconds(name: str, overrides: list[str], epochs: int, data, groups, ve
         device=device,
         train_timestamps=data.train_timestamps,
     )
-    per_epoch = np.diff(stamps)
+    per_epoch, cpu_per_epoch = np.diff(stamps), np.diff(cpu_stamps)
     return {
         "method": name,
         "groups": kind,
         "epochs_timed": len(per_epoch),
         "seconds_per_epoch": float(per_epoch.mean()),
         "seconds_per_epoch_min": float(per_epoch.min()),
+        "cpu_seconds_per_epoch": float(cpu_per_epoch.mean()),
     }
+
+
+def summarize(name: str, index: int, repeats: list[list[dict]]) -> dict:
+    """Median seconds and median per-repeat ratios (wall and CPU time) of the ``index``-th run of a repeat."""
+    summary: dict = {"method": name, "groups": repeats[0][index]["groups"]}
+    for key, prefix in (("seconds_per_epoch", ""), ("cpu_seconds_per_epoch", "cpu_")):
+        ratios, seconds = [], []
+        for rows in repeats:
+            erm = float(np.mean([r[key] for r in rows if r["method"] == "erm"]))
+            value = erm if name == "erm" else rows[index][key]
+            seconds.append(value)
+            ratios.append(value / erm)
+        summary[key] = float(np.median(seconds))
+        summary[f"{prefix}ratio_vs_erm"] = float(np.median(ratios))
+        summary[f"{prefix}ratios_per_repeat"] = ratios
+    return summary
 
 
 def main() -> None:
@@ -120,34 +140,21 @@ def main() -> None:
             row = epoch_seconds(name, overrides, args.epochs, data, groups, vectors, device)
             rows.append(row)
             print(
-                f"  [{repeat + 1}/{args.repeats}] {name:<16} {row['seconds_per_epoch']:8.2f} s/epoch",
+                f"  [{repeat + 1}/{args.repeats}] {name:<16} {row['seconds_per_epoch']:8.2f} s/epoch "
+                f"(cpu {row['cpu_seconds_per_epoch']:.2f} s)",
                 flush=True,
             )
         repeats.append(rows)
-    erm_runs = [[r["seconds_per_epoch"] for r in rows if r["method"] == "erm"] for rows in repeats]
-    results = []
-    for index, name in enumerate(order[:-1]):
-        seconds = [
-            rows[index]["seconds_per_epoch"] if name != "erm" else float(np.mean(erm))
-            for rows, erm in zip(repeats, erm_runs, strict=True)
-        ]
-        ratios = [t / float(np.mean(erm)) for t, erm in zip(seconds, erm_runs, strict=True)]
-        results.append(
-            {
-                "method": name,
-                "groups": repeats[0][index]["groups"],
-                "seconds_per_epoch": float(np.median(seconds)),
-                "ratio_vs_erm": float(np.median(ratios)),
-                "ratios_per_repeat": ratios,
-            }
-        )
-
-    print(f"\n{'method':<16} {'groups':<6} {'s/epoch':>9} {'x erm':>7}  per repeat")
+    results = [summarize(name, index, repeats) for index, name in enumerate(order[:-1])]
+    print(
+        f"\n{'method':<16} {'groups':<6} {'s/epoch':>9} {'x erm':>7} {'cpu x erm':>10}  wall ratio per repeat"
+    )
     for r in results:
-        seconds, ratio = r["seconds_per_epoch"], r["ratio_vs_erm"]
         spread = ", ".join(f"{x:.2f}" for x in r["ratios_per_repeat"])
-        print(f"{r['method']:<16} {str(r['groups']):<6} {seconds:>9.2f} {ratio:>7.2f}  {spread}")
-    print("erm runs (first, last) per repeat: " + "; ".join(f"{a:.2f}, {b:.2f}" for a, b in erm_runs))
+        label = f"{r['method']:<16} {str(r['groups']):<6} {r['seconds_per_epoch']:>9.2f}"
+        print(f"{label} {r['ratio_vs_erm']:>7.2f} {r['cpu_ratio_vs_erm']:>10.2f}  {spread}")
+    erm_runs = [[r["seconds_per_epoch"] for r in rows if r["method"] == "erm"] for rows in repeats]
+    print("erm wall s/epoch (first, last) per repeat: " + "; ".join(f"{a:.2f}, {b:.2f}" for a, b in erm_runs))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
