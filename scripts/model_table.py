@@ -76,12 +76,9 @@ def model_label(job_dir: Path, model: str) -> str:
 def summarize(sweep_dir: Path, models: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(table of 'mean ± std' strings per model, failed jobs) from a sweep's summary.csv."""
     summary = pd.read_csv(sweep_dir / "summary.csv")
-    parsed = summary["overrides"].map(parse_overrides)
-    summary["model"] = parsed.map(lambda o: o.get("model", "(default)"))
-    summary["seed"] = parsed.map(lambda o: o.get("seed", "0"))
-    summary["label"] = [
-        model_label(sweep_dir / str(job), m) for job, m in zip(summary["job"], summary["model"], strict=True)
-    ]
+    models_run = summary["overrides"].map(lambda o: parse_overrides(o).get("model", "(default)"))
+    labels = [model_label(sweep_dir / str(job), m) for job, m in zip(summary["job"], models_run, strict=True)]
+    summary = pd.concat([summary, pd.DataFrame({"model": models_run, "label": labels})], axis=1)
     failed = summary[summary["status"] != "completed"]
     done = summary[summary["status"] == "completed"]
     order = models or list(dict.fromkeys(summary["model"]))

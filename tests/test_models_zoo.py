@@ -406,7 +406,8 @@ def test_every_model_trains_through_the_cli_in_one_sweep(tmp_path):
     (summary_path,) = tmp_path.glob("multiruns/*/*/summary.csv")
     summary = pd.read_csv(summary_path)
     assert list(summary["status"]) == ["completed"] * 7
-    assert [o.removeprefix("model=") for o in summary["overrides"]] == ALL_MODELS.split(",")
+    models = [dict(token.split("=", 1) for token in o.split())["model"] for o in summary["overrides"]]
+    assert models == ALL_MODELS.split(",")
     assert summary["test/recall@20"].between(0, 1).all() and summary["test/pop/cv@20"].notna().all()
 
 
