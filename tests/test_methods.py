@@ -17,6 +17,7 @@ from fairbench.methods.grouping import (
     flat_gradient,
     group_losses,
     group_weighted_sample_weights,
+    parameter_vector,
 )
 from fairbench.methods.itfr import collaborative_update, cosine_relation
 from fairbench.methods.multifr import MultiFR, gradient_normalizers
@@ -282,6 +283,58 @@ def test_finite_difference_hvp_matches_double_backward():
     exact = flat_gradient(grad_theta @ vector, z, retain_graph=False)
     approx = finite_difference_hvp(loss, theta, z, vector, epsilon=1e-4 / float(vector.norm()))
     torch.testing.assert_close(approx, exact, rtol=1e-5, atol=1e-8)
+
+
+def test_forward_difference_hvp_matches_double_backward():
+    model, batch = tiny_alpharec()
+    theta, z = list(model.projector.parameters()), [model.item_text_vectors]
+    weights = torch.tensor([0.3, 0.7], dtype=torch.float64)
+
+    def loss() -> torch.Tensor:
+        return (weights * group_losses(model.sample_losses(batch), batch["groups"]).values).sum()
+
+    n_theta = sum(p.numel() for p in theta)
+    vector = torch.randn(n_theta, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    grad_theta = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss(), theta, create_graph=True)])
+    exact = flat_gradient(grad_theta @ vector, z, retain_graph=False)
+    at_theta = flat_gradient(loss(), z, retain_graph=False)
+    before = parameter_vector(theta)
+    errors = []
+    for radius in (1e-5, 1e-6):  # one-sided: the error shrinks linearly with eps
+        approx = finite_difference_hvp(
+            loss, theta, z, vector, epsilon=radius / float(vector.norm()), z_grad_at_theta=at_theta
+        )
+        errors.append(float((approx - exact).abs().max()))
+    assert errors[1] < errors[0] / 5 and errors[1] < 1e-5 * float(exact.abs().max())
+    assert torch.equal(parameter_vector(theta), before)  # theta restored
+
+
+@pytest.mark.parametrize("space", ["parameters", "representation"])
+def test_bifair_inner_step_is_the_weighted_sum_of_group_gradients(space):
+    """d_theta = sum_n wt_n grad_theta l_n and z_grad = grad_Z sum_n wt_n l_n in both gradient spaces; the
+    representation space takes the Gram matrix of grad_R l_n, R the projector's output."""
+    model, batch = tiny_alpharec()
+    method = BiFair(gradient_space=space)
+    method.theta, method.z = list(model.projector.parameters()), [model.item_text_vectors]
+    inner = method.inner_step(model, batch, with_z_grad=True)
+    values = group_losses(model.sample_losses(batch), batch["groups"]).values
+    theta_grads = torch.stack([flat_gradient(v, method.theta) for v in values])
+    torch.testing.assert_close(inner.d_theta, inner.weights @ theta_grads)
+    z_grads = torch.stack([flat_gradient(v, method.z) for v in values])
+    torch.testing.assert_close(inner.z_grad, inner.weights @ z_grads)
+    encoding = model.encode()
+    space_grads = (
+        theta_grads
+        if space == "parameters"
+        else torch.stack(
+            [
+                flat_gradient(v, [encoding])
+                for v in group_losses(model.losses_from_encoding(encoding, batch), batch["groups"]).values
+            ]
+        )
+    )
+    torch.testing.assert_close(inner.weights, fair_group_weights(values.detach(), space_grads, 100))
+    assert torch.allclose(inner.losses, model.sample_losses(batch).detach())
 
 
 def test_bifair_outer_direction_is_the_gradient_of_the_unrolled_loss():

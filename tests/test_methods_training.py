@@ -254,6 +254,44 @@ def test_unsupported_combinations_fail_with_a_user_error():
         fit_tiny(build_method(name))
 
 
+@pytest.mark.parametrize(
+    "model_name,options",
+    [
+        ("linear", {}),
+        ("linear", {"gradient_space": "representation", "fd_scheme": "forward"}),
+        ("alpharec", {"gradient_space": "representation", "fd_scheme": "forward"}),
+        ("alpharec", {"gradient_space": "representation"}),
+    ],
+)
+@pytest.mark.parametrize("method_name", ["bifair", "bifair_separate", "popdro"])
+def test_text_vector_methods_train_linear_and_alpharec(model_name, options, method_name):
+    """BiFair (both cost options) and PopDRO's score adjustment work on every LM-vector model."""
+    if method_name != "bifair" and options.get("fd_scheme"):
+        pytest.skip("fd_scheme is a bifair option")
+    if method_name == "popdro" and options:
+        pytest.skip("gradient_space is a bifair option")
+    train, vectors, stamps = toy_data()
+    torch.manual_seed(0)
+    model = instantiate(compose_config([f"model={model_name}"]).model, train=train, item_vectors=vectors)
+    projector = [p.detach().clone() for p in model.projector.parameters()]
+    text = model.item_text_vectors.detach().clone()
+    cfg = TrainerConfig(max_epochs=2, patience=5, batch_size=64, lr=1e-2, progress=False, checkpoint=False)
+    method = build_method(method_name, **options)
+    result = fit(
+        model,
+        method,
+        train,
+        cfg,
+        lambda m: {"recall@20": 0.0},
+        seed=0,
+        item_groups=toy_groups("genre"),
+        train_timestamps=stamps,
+    )
+    assert all(np.isfinite(row["train/loss"]) for row in result.history)
+    assert all(not torch.equal(p, q) for p, q in zip(model.projector.parameters(), projector, strict=True))
+    assert torch.equal(model.item_text_vectors.detach(), text) != (method_name == "bifair")
+
+
 def test_trainable_text_vectors_keep_alpharec_values_and_reach_z_through_users():
     train, vectors, _ = toy_data()
     model = toy_model(train, vectors)

@@ -1,11 +1,13 @@
 """AlphaRec building blocks against hand computation and autograd."""
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
-from fairbench.models.alpharec import AlphaRec, alpharec_hidden_multiplier, user_mean_vectors
+from fairbench.models.alpharec import AlphaRec, alpharec_hidden_multiplier
 from fairbench.models.base import info_nce, normalized_adjacency, propagate
+from fairbench.models.linear import Linear
 
 
 def small_train() -> sp.csr_matrix:
@@ -50,9 +52,29 @@ def test_info_nce_equals_cross_entropy_on_cosine_logits():
 def test_user_vectors_are_means_of_training_items():
     train = small_train()
     z = torch.arange(12, dtype=torch.float32).reshape(4, 3)
-    got = user_mean_vectors(train, z)
+    got, items = Linear(train, z.numpy(), embed_dim=2).text_vectors()
     torch.testing.assert_close(got[0], (z[0] + z[1]) / 2)
     torch.testing.assert_close(got[2], (z[0] + z[2] + z[3]) / 3)
+    torch.testing.assert_close(items, z)
+
+
+@pytest.mark.parametrize("model_class", [AlphaRec, Linear])
+@pytest.mark.parametrize("trainable", [False, True])
+def test_encoding_equals_the_projector_applied_to_user_and_item_vectors(model_class, trainable):
+    """encode() computes the users' first layer as M (Z W1^T) + b1; it must equal projector([z_u; z_i])."""
+    torch.manual_seed(0)
+    train = small_train()
+    vectors = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
+    kwargs = {"hidden_dim": 8} if model_class is AlphaRec else {}
+    model = model_class(train, vectors, embed_dim=4, trainable_text_vectors=trainable, **kwargs)
+    expected = model.projector(torch.cat(model.text_vectors()))
+    torch.testing.assert_close(model.encode(), expected, rtol=1e-5, atol=1e-6)
+    batch = {
+        "users": torch.tensor([0, 2]),
+        "pos_items": torch.tensor([1, 3]),
+        "neg_items": torch.tensor([[2], [1]]),
+    }
+    torch.testing.assert_close(model.sample_losses(batch), model.losses_from_encoding(model.encode(), batch))
 
 
 def test_hidden_multiplier_follows_alpharec_table():

@@ -20,10 +20,20 @@ membership-weighted means, see ``grouping``):
    T = max_epochs x steps per epoch (the step counts are method state, so a resumed run continues the
    schedule; resumed with another trainer.max_epochs, the rest of the schedule follows the new T).
 
+Cost and its two options (config keys, defaults = the paper's algorithm). Per step the paper's procedure takes
+4 forward and N + 3 backward passes: N for the per-group gradients, one for the unrolled loss and two for the
+central difference. ``gradient_space=representation`` takes the per-group gradients of step 2 w.r.t. the
+projector's output R (shared by all groups) instead of theta, as MGDA-UB does (Sener & Koltun, NeurIPS 2018,
+Sec. 3.3): N backward passes through the cheap graph-and-loss head only, then one through the projector for
+d_theta = J_R^T sum_n wt_n grad_R l_n (exactly sum_n wt_n g_n for the weights found; only the weights differ).
+``fd_scheme=forward`` replaces the central difference by the one-sided [grad_Z L(theta+) - grad_Z L(theta)] /
+eps, with grad_Z L(theta) = sum_n wt_n grad_Z l_n(theta) from the inner pass (one forward and backward fewer;
+error O(eps) instead of O(eps^2)).
+
 The weights are computed once per step, after the inner direction and before the outer one (the paper computes
 w "only after determining the update directions", to avoid a tri-level problem); the Gram matrix uses the
 projector gradients, the paper's grad l_n(theta_t). Unpublished values are config keys: xi (default: theta's
-learning rate, DARTS's convention), fd_epsilon, fw_iterations, theta_lr, z_lr.
+learning rate, DARTS's convention), fd_epsilon, fw_iterations, theta_lr, z_lr; and the cost options above.
 
 :class:`BiFairSeparate` is the paper's "Separate" ablation (Sec. 4.5): theta is trained with the same fair
 loss (Z frozen) until early stopping, then frozen at its best epoch while Z is trained with the fair loss
@@ -34,6 +44,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -47,6 +58,7 @@ from fairbench.methods.grouping import (
     entropy_coefficients,
     flat_gradient,
     flat_gradients,
+    flatten,
     group_losses,
     load_parameter_vector,
     parameter_vector,
@@ -85,18 +97,36 @@ def finite_difference_hvp(
     z: list[torch.Tensor],
     vector: torch.Tensor,
     epsilon: float,
+    z_grad_at_theta: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """[grad_Z L(theta + eps v, Z) - grad_Z L(theta - eps v, Z)] / (2 eps) ~ grad^2_{Z,theta} L v (flat).
+    """grad^2_{Z,theta} L v (flat) by finite differences of grad_Z L along theta +- eps v.
 
+    Central: [grad_Z L(theta + eps v) - grad_Z L(theta - eps v)] / (2 eps) (DARTS). Given
+    ``z_grad_at_theta`` = grad_Z L(theta), forward: [grad_Z L(theta + eps v) - grad_Z L(theta)] / eps.
     ``loss_fn()`` evaluates L at the current parameter values; theta is restored afterwards.
     """
     original = parameter_vector(theta)
     load_parameter_vector(theta, original + epsilon * vector)
     plus = flat_gradient(loss_fn(), z, retain_graph=False)
+    if z_grad_at_theta is not None:
+        load_parameter_vector(theta, original)
+        return (plus - z_grad_at_theta) / epsilon
     load_parameter_vector(theta, original - epsilon * vector)
     minus = flat_gradient(loss_fn(), z, retain_graph=False)
     load_parameter_vector(theta, original)
     return (plus - minus) / (2 * epsilon)
+
+
+@dataclass
+class InnerStep:
+    """Steps 1-3 on one batch: per-sample losses, present groups, their losses and weights wt, the inner
+    direction d_theta = sum_n wt_n grad_theta l_n and, when asked for, grad_Z sum_n wt_n l_n at theta."""
+
+    losses: torch.Tensor
+    present: torch.Tensor
+    weights: torch.Tensor
+    d_theta: torch.Tensor
+    z_grad: torch.Tensor | None
 
 
 class BiFair(FairnessMethod):
@@ -115,7 +145,16 @@ class BiFair(FairnessMethod):
         xi: float | None = None,
         fd_epsilon: float = 0.01,
         fw_iterations: int = 100,
+        gradient_space: Literal["parameters", "representation"] = "parameters",
+        fd_scheme: Literal["central", "forward"] = "central",
     ) -> None:
+        if gradient_space not in ("parameters", "representation"):
+            raise UserError(
+                f"bifair: gradient_space must be parameters or representation, got {gradient_space}"
+            )
+        if fd_scheme not in ("central", "forward"):
+            raise UserError(f"bifair: fd_scheme must be central or forward, got {fd_scheme}")
+        self.gradient_space, self.fd_scheme = gradient_space, fd_scheme
         if (theta_lr is not None and theta_lr <= 0) or z_lr <= 0:
             raise UserError(f"bifair: learning rates must be > 0, got theta_lr={theta_lr}, z_lr={z_lr}")
         if fd_epsilon <= 0 or fw_iterations < 1 or (xi is not None and xi < 0):
@@ -140,6 +179,11 @@ class BiFair(FairnessMethod):
                 f"{type(model).__name__} has none"
             )
         make_trainable(True)
+        if self.gradient_space == "representation" and not callable(getattr(model, "encode", None)):
+            raise UserError(
+                f"{self.name}: gradient_space=representation needs a model with an encode()/"
+                f"losses_from_encoding() split (alpharec, linear); {type(model).__name__} has none"
+            )
         sets = model.parameter_sets()
         self.z = list(sets[Z_SET])
         self.theta = [p for name, group in sets.items() if name != Z_SET for p in group if p.requires_grad]
@@ -173,22 +217,38 @@ class BiFair(FairnessMethod):
 
     # ---------------------------------------------------------------------------------------------- step
 
-    def group_step(
-        self, model: Recommender, batch: Batch, params: list[torch.Tensor], keep_graph: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One forward pass: group losses, per-group gradients w.r.t. ``params`` and the effective weights.
-
-        Returns (per-sample losses, present group indices, group losses [N], weights wt [N],
-        gradients [N, P]); with ``keep_graph`` the group losses can still be differentiated.
-        """
+    def inner_step(self, model: Recommender, batch: Batch, with_z_grad: bool = False) -> InnerStep:
+        """Steps 1-3 from one forward pass (see the module docstring for the two gradient spaces)."""
         membership = batch_membership(batch, self.name)
-        losses = model.sample_losses(batch)
+        if self.gradient_space == "parameters":
+            losses = model.sample_losses(batch)
+            grouped = group_losses(losses, membership)
+            present = torch.nonzero(grouped.present).flatten()
+            values = grouped.values[present]
+            grads = flat_gradients(list(values), self.theta, retain_graph=with_z_grad)
+            weights = fair_group_weights(values, grads, self.fw_iterations) if len(present) else grads[:, 0]
+            z_grad = None
+            if with_z_grad and len(present):
+                z_grad = flat_gradient((weights.detach() * values).sum(), self.z, retain_graph=False)
+            return InnerStep(losses.detach(), present, weights, weights @ grads, z_grad)
+        encoding = model.encode()  # type: ignore[operator]
+        shared = encoding.detach().requires_grad_(True)
+        losses = model.losses_from_encoding(shared, batch)  # type: ignore[operator]
         grouped = group_losses(losses, membership)
         present = torch.nonzero(grouped.present).flatten()
         values = grouped.values[present]
-        grads = flat_gradients(list(values), params, retain_graph=keep_graph)
-        weights = fair_group_weights(values, grads, self.fw_iterations) if len(present) else grads[:, 0]
-        return losses.detach(), present, values, weights, grads
+        rep_grads = flat_gradients(list(values), [shared], retain_graph=False)
+        if len(present) == 0:
+            return InnerStep(losses.detach(), present, rep_grads[:, 0], torch.zeros(0), None)
+        weights = fair_group_weights(values, rep_grads, self.fw_iterations)
+        params = self.theta + (self.z if with_z_grad else [])
+        grads = torch.autograd.grad(
+            encoding, params, grad_outputs=(weights @ rep_grads).view_as(encoding), allow_unused=True
+        )
+        flat = flatten(grads, params)
+        n_theta = sum(p.numel() for p in self.theta)
+        z_grad = flat[n_theta:] if with_z_grad else None
+        return InnerStep(losses.detach(), present, weights, flat[:n_theta], z_grad)
 
     def weighted_loss(
         self, model: Recommender, batch: Batch, present: torch.Tensor, weights: torch.Tensor
@@ -202,8 +262,14 @@ class BiFair(FairnessMethod):
 
         return loss
 
-    def outer_direction(self, loss_fn: Callable[[], torch.Tensor], d_theta: torch.Tensor) -> torch.Tensor:
-        """d_Z of step 4: the one-step unrolled gradient with the finite-difference Hessian-vector product."""
+    def outer_direction(
+        self,
+        loss_fn: Callable[[], torch.Tensor],
+        d_theta: torch.Tensor,
+        z_grad_at_theta: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """d_Z of step 4: the one-step unrolled gradient with the finite-difference Hessian-vector product
+        (one-sided when grad_Z L at theta is given, ``fd_scheme=forward``)."""
         original = parameter_vector(self.theta)
         load_parameter_vector(self.theta, original - self.xi * d_theta)
         unrolled = loss_fn()
@@ -214,7 +280,9 @@ class BiFair(FairnessMethod):
         norm = float(vector.norm())
         if self.xi == 0 or norm == 0:
             return direct
-        hvp = finite_difference_hvp(loss_fn, self.theta, self.z, vector, self.fd_epsilon / norm)
+        hvp = finite_difference_hvp(
+            loss_fn, self.theta, self.z, vector, self.fd_epsilon / norm, z_grad_at_theta=z_grad_at_theta
+        )
         return direct - self.xi * hvp
 
     def apply(self, optimizers: dict[str, torch.optim.Optimizer], updates: dict[str, torch.Tensor]) -> None:
@@ -231,13 +299,13 @@ class BiFair(FairnessMethod):
     def training_step(
         self, model: Recommender, batch: Batch, optimizers: dict[str, torch.optim.Optimizer]
     ) -> dict[str, float]:
-        losses, present, _, weights, grads = self.group_step(model, batch, self.theta)
-        if len(present) == 0:  # no sample of any group (only possible with ungrouped items): no update
-            return {"loss": float(losses.mean())}
-        d_theta = weights @ grads
-        d_z = self.outer_direction(self.weighted_loss(model, batch, present, weights), d_theta)
-        self.apply(optimizers, {"theta": d_theta, Z_SET: d_z})
-        return {"loss": float(losses.mean())}
+        inner = self.inner_step(model, batch, with_z_grad=self.fd_scheme == "forward")
+        if len(inner.present) == 0:  # no sample of any group (only possible with ungrouped items): no update
+            return {"loss": float(inner.losses.mean())}
+        loss_fn = self.weighted_loss(model, batch, inner.present, inner.weights)
+        d_z = self.outer_direction(loss_fn, inner.d_theta, inner.z_grad)
+        self.apply(optimizers, {"theta": inner.d_theta, Z_SET: d_z})
+        return {"loss": float(inner.losses.mean())}
 
     # --------------------------------------------------------------------------------------------- state
 
@@ -266,6 +334,7 @@ class BiFairSeparate(BiFair):
         betas: tuple[float, float] = (0.9, 0.999),
         lr_decay_power: float = 0.9,
         fw_iterations: int = 100,
+        gradient_space: Literal["parameters", "representation"] = "parameters",
     ) -> None:
         super().__init__(
             groups=groups,
@@ -275,6 +344,7 @@ class BiFairSeparate(BiFair):
             betas=betas,
             lr_decay_power=lr_decay_power,
             fw_iterations=fw_iterations,
+            gradient_space=gradient_space,
         )
         self.phase: Literal["theta", "z"] = "theta"
 
@@ -285,17 +355,12 @@ class BiFairSeparate(BiFair):
     def training_step(
         self, model: Recommender, batch: Batch, optimizers: dict[str, torch.optim.Optimizer]
     ) -> dict[str, float]:
-        if self.phase == "theta":
-            losses, present, _, weights, grads = self.group_step(model, batch, self.theta)
-            if len(present):
-                self.apply(optimizers, {"theta": weights @ grads})
-            return {"loss": float(losses.mean())}
-        losses, present, values, weights, _ = self.group_step(model, batch, self.theta, keep_graph=True)
-        if len(present):
+        inner = self.inner_step(model, batch, with_z_grad=self.phase == "z")
+        if len(inner.present):
             self.apply(
-                optimizers, {Z_SET: flat_gradient((weights * values).sum(), self.z, retain_graph=False)}
+                optimizers, {"theta": inner.d_theta} if self.phase == "theta" else {Z_SET: inner.z_grad}
             )
-        return {"loss": float(losses.mean())}
+        return {"loss": float(inner.losses.mean())}
 
     def start_next_phase(self, epoch: int) -> bool:
         if self.phase == "z":

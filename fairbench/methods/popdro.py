@@ -143,7 +143,8 @@ class PopDRO(FairnessMethod):
         if self.popularity_scores:
             if not hasattr(model, "score_adjustment"):
                 raise UserError(
-                    f"popdro's popularity-aware scores need a model with a score_adjustment hook (alpharec); "
+                    "popdro's popularity-aware scores need a model with a score_adjustment hook (alpharec, "
+                    f"linear); "
                     f"{type(model).__name__} has none: set method.popularity_scores=false to keep only the "
                     "DRO part"
                 )

@@ -28,23 +28,31 @@ or None when ranking."""
 
 class TextVectorRecommender(Recommender):
     """Recommenders over LM text vectors: item vectors Z [I, d] and user vectors z_u = mean of Z over u's
-    training items (AlphaRec). Two options used by fairness methods:
+    training items (AlphaRec), mapped by a trainable ``projector`` whose first layer is linear.
 
+    The forward pass has two stages that fairness methods may use separately:
+    :meth:`encode` gives the projector's output R for [users; items] (the representation every group loss
+    shares), and :meth:`losses_from_encoding` the per-sample losses from R (graph propagation, if any, then
+    InfoNCE). Since the first layer is linear and z_u = M Z (M = D_u^-1 R the sparse mean operator), the
+    users' first-layer outputs are computed as M (Z W1^T) + b1: the same values without passing the users
+    through the widest matmul.
+
+    Two options used by fairness methods:
     - trainable Z (:meth:`set_text_vectors_trainable`, BiFair): Z becomes the ``nn.Parameter`` of parameter
-      set ``item_text_vectors`` and the user vectors are recomputed from it at every forward pass by the
-      sparse mean operator D_u^-1 R (so gradients reach Z through users too). Off by default: Z is then a
-      frozen buffer and the user vectors are precomputed, exactly as in AlphaRec.
+      set ``item_text_vectors`` (gradients reach Z through the users' means too). Off by default: Z is a
+      frozen buffer, as in AlphaRec.
     - ``score_adjustment`` (PopDRO's popularity-aware score): applied to the cosine similarities before the
       InfoNCE temperature in training, and to the ranking scores.
     """
 
     uses_text_vectors = True
     tau: float
+    projector: nn.Module
 
     def init_text_vectors(self, train: sp.csr_matrix, item_vectors: np.ndarray, trainable: bool) -> None:
         item_z = torch.as_tensor(np.asarray(item_vectors, dtype=np.float32))
+        self.n_users, self.n_items = train.shape
         self.register_buffer("item_text_vectors", item_z, persistent=False)
-        self.register_buffer("user_text_vectors", user_mean_vectors(train, item_z), persistent=False)
         self.register_buffer("user_mean_operator", user_mean_operator(train), persistent=False)
         self.score_adjustment: ScoreAdjustment | None = None
         self._trainable_text_vectors = False
@@ -66,18 +74,52 @@ class TextVectorRecommender(Recommender):
             self.item_text_vectors = nn.Parameter(z)
         else:
             self.register_buffer("item_text_vectors", z, persistent=False)
-            with torch.no_grad():
-                self.user_text_vectors = torch.sparse.mm(self.user_mean_operator, z)
 
     def text_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """User [U, d] and item [I, d] text vectors (users recomputed from Z when Z is trainable)."""
-        if self.text_vectors_trainable:
-            return torch.sparse.mm(self.user_mean_operator, self.item_text_vectors), self.item_text_vectors
-        return self.user_text_vectors, self.item_text_vectors
+        """User [U, d] (means of their items' Z) and item [I, d] text vectors."""
+        return torch.sparse.mm(self.user_mean_operator, self.item_text_vectors), self.item_text_vectors
 
     def text_vector_parameter_sets(self) -> dict[str, list[nn.Parameter]]:
         """``{"item_text_vectors": [Z]}`` when Z is trainable, else empty."""
         return {"item_text_vectors": [self.item_text_vectors]} if self.text_vectors_trainable else {}
+
+    def parameter_sets(self) -> dict[str, list[nn.Parameter]]:
+        return {"projector": list(self.projector.parameters())} | self.text_vector_parameter_sets()
+
+    def encode(self) -> torch.Tensor:
+        """The projector's output R [U + I, e] for [users; items], first layer applied to items only."""
+        layers = list(self.projector) if isinstance(self.projector, nn.Sequential) else [self.projector]
+        first = layers[0]
+        if not isinstance(first, nn.Linear):
+            raise TypeError(f"the projector's first layer must be nn.Linear, got {type(first).__name__}")
+        item_linear = nn.functional.linear(self.item_text_vectors, first.weight)
+        user_linear = torch.sparse.mm(self.user_mean_operator, item_linear)
+        out = torch.cat([user_linear, item_linear])
+        if first.bias is not None:
+            out = out + first.bias
+        for layer in layers[1:]:
+            out = layer(out)
+        return out
+
+    def propagate_encoding(self, encoding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """User [U, e] and item [I, e] embeddings from the encoding R (default: no propagation)."""
+        return encoding[: self.n_users], encoding[self.n_users :]
+
+    def losses_from_encoding(self, encoding: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-sample losses [B] from the encoding R (the part of the forward pass after the projector)."""
+        return self.info_nce_losses(*self.propagate_encoding(encoding), batch)
+
+    def sample_losses(self, batch: Batch) -> torch.Tensor:
+        return self.losses_from_encoding(self.encode(), batch)
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user [U, e] and item [I, e] embeddings."""
+        return self.propagate_encoding(self.encode())
+
+    def scorer(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        with torch.no_grad():
+            users, items = self.embeddings()
+        return self.cosine_scorer(users, items)
 
     def info_nce_losses(self, users: torch.Tensor, items: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Per-sample InfoNCE on the (adjusted) cosine similarities of the batch's users and items."""
@@ -160,37 +202,10 @@ class AlphaRec(TextVectorRecommender):
         self.register_buffer("adjacency", normalized_adjacency(train), persistent=False)
         self.init_text_vectors(train, item_vectors, trainable_text_vectors)
 
-    def parameter_sets(self) -> dict[str, list[nn.Parameter]]:
-        return {"projector": list(self.projector.parameters())} | self.text_vector_parameter_sets()
-
-    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Propagated user [U, e] and item [I, e] embeddings (AlphaRec ``compute``)."""
-        if self.text_vectors_trainable:
-            projected = self.project_from_items()
-        else:
-            projected = self.projector(torch.cat(self.text_vectors()))
-        out = propagate(self.adjacency, projected, self.n_layers)
+    def propagate_encoding(self, encoding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """LightGCN over the normalised graph, mean of layers 0..n_layers (AlphaRec ``compute``)."""
+        out = propagate(self.adjacency, encoding, self.n_layers)
         return out[: self.n_users], out[self.n_users :]
-
-    def project_from_items(self) -> torch.Tensor:
-        """The projector's output for [users; items] with trainable Z, the first layer applied to items only.
-
-        The first layer is linear and z_u = M Z, so W1 z_u + b1 = M (Z W1^T) + b1: the same values without
-        the users' pass through the widest matmul (users without items get b1, as W1 0 + b1).
-        """
-        first, rest = self.projector[0], self.projector[1:]
-        item_linear = nn.functional.linear(self.item_text_vectors, first.weight)
-        user_linear = torch.sparse.mm(self.user_mean_operator, item_linear)
-        return rest(torch.cat([user_linear, item_linear]) + first.bias)
-
-    def sample_losses(self, batch: Batch) -> torch.Tensor:
-        users, items = self.embeddings()
-        return self.info_nce_losses(users, items, batch)
-
-    def scorer(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        with torch.no_grad():
-            users, items = self.embeddings()
-        return self.cosine_scorer(users, items)
 
 
 def user_mean_operator(train: sp.csr_matrix) -> torch.Tensor:
@@ -202,11 +217,3 @@ def user_mean_operator(train: sp.csr_matrix) -> torch.Tensor:
     indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
     values = torch.from_numpy(coo.data.astype(np.float32))
     return torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=False).coalesce()
-
-
-def user_mean_vectors(train: sp.csr_matrix, item_vectors: torch.Tensor) -> torch.Tensor:
-    """z_u = mean of the LM vectors of u's training items (AlphaRec); users without items get zeros."""
-    counts = np.asarray(train.sum(axis=1)).ravel()
-    inv = np.divide(1.0, counts, out=np.zeros_like(counts, dtype=np.float64), where=counts > 0)
-    mean_op = sp.diags(inv.astype(np.float32)) @ sp.csr_matrix(train, dtype=np.float32)
-    return torch.from_numpy(np.asarray(mean_op @ item_vectors.numpy(), dtype=np.float32))
