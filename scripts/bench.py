@@ -8,6 +8,10 @@ Stages, each in a fresh subprocess so that peak RSS belongs to that stage alone:
   train-epoch                 seconds per training epoch (a few epochs, evaluation excluded)
   eval                        full-ranking evaluation of all users on valid + test (after ranking warm-up)
   default-run                 `fairbench train logger=none` end to end with caches warm
+  models                      seconds per epoch and peak memory of every recommender (scripts/bench_models.py)
+  methods                     seconds per epoch of every fairness method relative to ERM, measured in the same
+                              process (scripts/bench_methods.py)
+The two sub-benchmarks run with one torch thread (stabler on shared machines); ``--skip-sub`` leaves them out.
 Timings are noisy on shared machines; compare ratios measured in the same run. Results go to
 outputs/bench/bench.json and are printed as a table.
 """
@@ -112,7 +116,26 @@ def run_default(overrides: list[str], env: dict[str, str], out_root: Path) -> di
     }
 
 
+def run_sub_benchmark(script: str, out: Path, overrides: list[str], env: dict[str, str]) -> dict:
+    """Run scripts/<script> (its table goes to our stdout) and return the JSON it wrote to ``out``."""
+    cmd = [
+        sys.executable,
+        str(Path(__file__).parent / script),
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        *overrides,
+    ]
+    proc = subprocess.run(cmd, env=env, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{script} failed with exit code {proc.returncode}")
+    return json.loads(out.read_text())
+
+
 def main(overrides: list[str]) -> None:
+    skip_sub = "--skip-sub" in overrides
+    overrides = [o for o in overrides if o != "--skip-sub"]
     env = dict(os.environ)
     real_cache = Path(env.get("FAIRBENCH_CACHE", Path.home() / ".cache" / "fairbench"))
     rows = []
@@ -135,7 +158,11 @@ def main(overrides: list[str]) -> None:
     rows.append(run_default(overrides, env, out_root))
     rows = [r for r in rows if r["stage"] != "data-warmup"]
     out_root.mkdir(parents=True, exist_ok=True)
-    (out_root / "bench.json").write_text(json.dumps({"overrides": overrides, "stages": rows}, indent=2))
+    report: dict = {"overrides": overrides, "stages": rows}
+    if not skip_sub:
+        report["models"] = run_sub_benchmark("bench_models.py", out_root / "models.json", overrides, env)
+        report["methods"] = run_sub_benchmark("bench_methods.py", out_root / "methods.json", overrides, env)
+    (out_root / "bench.json").write_text(json.dumps(report, indent=2))
     print(f"{'stage':<14} {'wall s':>8} {'peak MB':>8}  detail")
     for row in rows:
         detail = {

@@ -1,6 +1,6 @@
 """Seconds per training epoch of every fairness method, relative to ERM measured in the same process.
 
-    python scripts/bench_methods.py [--epochs N] [--methods erm,bifair,...] [hydra overrides...]
+    python scripts/bench_methods.py [--epochs N] [--methods erm,bifair,...] [--threads T] [hydra overrides...]
 
 Every method trains the default experiment's model (``model=alpharec`` on ``dataset=ml100k`` unless
 overridden) from the same initialisation for 1 + N epochs; the first epoch is a warm-up and is not counted,
@@ -9,7 +9,9 @@ and no evaluation runs between the timed epochs (an epoch's time is the gap betw
 spread shows the noise of the machine; ratios of process CPU time are given too (less sensitive to other
 processes on a shared machine). With ``--repeats R`` the whole sequence runs R times and the table
 shows the median seconds and the median of the per-repeat ratios (sturdier on a shared machine). Method
-options such as ``method.groups=genre`` apply to every method that has them.
+options such as ``method.groups=genre`` apply to every method that has them; a method entry
+``name+key=value+...`` times one method with its own options (e.g.
+``bifair+gradient_space=representation+fd_scheme=forward``, BiFair's cheaper variant).
 Results: a table on stdout and ``outputs/bench/methods.json``.
 """
 
@@ -33,11 +35,30 @@ from fairbench.data import build_item_groups, load_dataset
 from fairbench.pipeline import method_group_kind, resolve_device
 from fairbench.training import fit
 
-DEFAULT_METHODS = ("erm", "reweight", "groupdro", "drorec", "popdro", "multifr", "itfr", "bifair")
+DEFAULT_METHODS = (
+    "erm",
+    "reweight",
+    "groupdro",
+    "drorec",
+    "popdro",
+    "multifr",
+    "itfr",
+    "bifair",
+    "bifair+gradient_space=representation+fd_scheme=forward",
+    "bifair_separate",
+)
 
 
-def epoch_seconds(name: str, overrides: list[str], epochs: int, data, groups, vectors, device) -> dict:
-    """Train ``method=name`` for 1 + ``epochs`` epochs; the per-epoch seconds after the warm-up epoch."""
+def split_entry(entry: str) -> tuple[str, list[str]]:
+    """``name+key=value+...`` -> (name, ["method.key=value", ...])."""
+    name, *options = entry.split("+")
+    return name, [f"method.{option}" for option in options]
+
+
+def epoch_seconds(entry: str, overrides: list[str], epochs: int, data, groups, vectors, device) -> dict:
+    """Train method ``entry`` for 1 + ``epochs`` epochs; the per-epoch seconds after the warm-up epoch."""
+    name, own = split_entry(entry)
+    overrides = [*overrides, *own]
     method_overrides = [o for o in overrides if not o.startswith("method.")]
     cfg = compose_config([f"method={name}", *method_overrides])
     OmegaConf.set_struct(cfg, False)
@@ -82,7 +103,7 @@ def epoch_seconds(name: str, overrides: list[str], epochs: int, data, groups, ve
     )
     per_epoch, cpu_per_epoch = np.diff(stamps), np.diff(cpu_stamps)
     return {
-        "method": name,
+        "method": entry,
         "groups": kind,
         "epochs_timed": len(per_epoch),
         "seconds_per_epoch": float(per_epoch.mean()),
@@ -114,10 +135,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per method (after one warm-up)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method names")
     parser.add_argument("--repeats", type=int, default=1, help="run the whole sequence this many times")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)"
+    )
     parser.add_argument("--out", default="outputs/bench/methods.json", help="where to write the results")
     args, overrides = parser.parse_known_args()
     methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(methods) - set(list_options()["method"]))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    unknown = sorted({split_entry(m)[0] for m in methods} - set(list_options()["method"]))
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; choose from {list_options()['method']}")
 
@@ -140,18 +166,18 @@ def main() -> None:
             row = epoch_seconds(name, overrides, args.epochs, data, groups, vectors, device)
             rows.append(row)
             print(
-                f"  [{repeat + 1}/{args.repeats}] {name:<16} {row['seconds_per_epoch']:8.2f} s/epoch "
+                f"  [{repeat + 1}/{args.repeats}] {name:<56} {row['seconds_per_epoch']:8.2f} s/epoch "
                 f"(cpu {row['cpu_seconds_per_epoch']:.2f} s)",
                 flush=True,
             )
         repeats.append(rows)
     results = [summarize(name, index, repeats) for index, name in enumerate(order[:-1])]
     print(
-        f"\n{'method':<16} {'groups':<6} {'s/epoch':>9} {'x erm':>7} {'cpu x erm':>10}  wall ratio per repeat"
+        f"\n{'method':<56} {'groups':<6} {'s/epoch':>9} {'x erm':>7} {'cpu x erm':>10}  wall ratio per repeat"
     )
     for r in results:
         spread = ", ".join(f"{x:.2f}" for x in r["ratios_per_repeat"])
-        label = f"{r['method']:<16} {str(r['groups']):<6} {r['seconds_per_epoch']:>9.2f}"
+        label = f"{r['method']:<56} {str(r['groups']):<6} {r['seconds_per_epoch']:>9.2f}"
         print(f"{label} {r['ratio_vs_erm']:>7.2f} {r['cpu_ratio_vs_erm']:>10.2f}  {spread}")
     erm_runs = [[r["seconds_per_epoch"] for r in rows if r["method"] == "erm"] for rows in repeats]
     print("erm wall s/epoch (first, last) per repeat: " + "; ".join(f"{a:.2f}, {b:.2f}" for a, b in erm_runs))

@@ -98,7 +98,7 @@ def summarize(sweep_dir: Path, models: list[str] | None = None) -> tuple[pd.Data
 
 def to_markdown(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "|".join("---" if c == "Model" else "---:" for c in frame.columns) + "|"
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(frame.columns))) + "|"
     lines = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *lines])
 

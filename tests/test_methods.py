@@ -406,7 +406,9 @@ def test_popdro_trend_term_matches_direct_formula():
     method.stage_weights = torch.softmax(torch.exp((torch.arange(3.0) - 3) * 0.5), 0)
     cells = membership[:, :, None] * torch.nn.functional.one_hot(stage, 3)[:, None, :]
     cell_losses = torch.einsum("bge,b->ge", cells, losses)
-    trend = method.trend_terms(cell_losses, cells.sum(0), [theta])
+    trend = method.trend_terms(
+        cell_losses, cells.sum(0), lambda loss: flat_gradient(loss, [theta], retain_graph=True)
+    )
 
     vectors = torch.zeros(2, 3, 4)
     for g, e in itertools.product(range(2), range(3)):
@@ -418,3 +420,21 @@ def test_popdro_trend_term_matches_direct_formula():
     expected = torch.stack([vectors[g].mean(0) @ overall for g in range(2)])
     torch.testing.assert_close(trend.detach(), expected)
     assert trend.requires_grad  # through the (loss_ge / n_ge)^p factors, as in the source
+
+
+def test_popdro_trend_gradients_are_taken_wrt_the_item_representations():
+    """PDRO differentiates the cell losses w.r.t. its item-embedding table: for LM-vector models that is the
+    projector's item outputs (rows U.. of the encoding); for ID models the item_embeddings parameter set."""
+    model, batch = tiny_alpharec()
+    losses, gradient = PopDRO().losses_and_gradient(model, batch)
+    torch.testing.assert_close(losses, model.sample_losses(batch))
+    loss = (losses * torch.arange(1.0, 7.0, dtype=torch.float64)).sum()
+    encoding = model.encode()
+    weighted = (
+        model.losses_from_encoding(encoding, batch) * torch.arange(1.0, 7.0, dtype=torch.float64)
+    ).sum()
+    (expected,) = torch.autograd.grad(weighted, encoding)
+    torch.testing.assert_close(gradient(loss), expected[model.n_users :].reshape(-1))
+    all_losses, everything = PopDRO(trend_gradients="parameters").losses_and_gradient(model, batch)
+    n_params = sum(p.numel() for group in model.parameter_sets().values() for p in group)
+    assert everything(all_losses.sum()).numel() == n_params

@@ -15,8 +15,10 @@ have).
 
 Group weights, every step (``main.py``), for groups g and stages e:
     loss_ge = sum of the losses of the batch's samples of group g in stage e (membership-weighted), n_ge their
-    count; u_ge = grad loss_ge / ||grad loss_ge|| (w.r.t. all trainable parameters: the models here share them
-    between users and items, where the source takes its item-embedding table); G_ge = u_ge (loss_ge/n_ge)^p;
+    count; u_ge = grad loss_ge / ||grad loss_ge|| w.r.t. the item representations (``trend_gradients=items``,
+    as the source, which differentiates w.r.t. its item-embedding table ``embedding_item.weight``: the item
+    embedding table of ID-based models, the projector's item outputs of LM-vector models) or w.r.t. all
+    trainable parameters (``trend_gradients=parameters``); G_ge = u_ge (loss_ge/n_ge)^p;
     beta = softmax_e(exp((e - E) k));
     performance L_g = sum_e loss_ge / n_g (the group's mean loss);
     trend T_g = (mean_e G_ge) . (mean_{g',e} beta_e G_g'e);
@@ -28,12 +30,14 @@ Ltilde_g carry gradients; w is treated as a constant (the source also lets gradi
 
 Defaults: E = 4 stages, gamma = 3 (popularity factor strength), eps = 0.3 (trend strength) from BiFair
 App. B.4; alpha = 0.3, step = 0.17, a = 0.2, k = 1, p = 1, act = ELU from the source's parse.py. Cost: one
-backward per (group, stage) cell present in the batch, then one for the update.
+backward per (group, stage) cell present in the batch (with ``items`` on LM-vector models only through the
+graph-and-loss head after the projector), then one for the update.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -119,7 +123,11 @@ class PopDRO(FairnessMethod):
         p: float = 1.0,
         activation: Activation = "elu",
         popularity_scores: bool = True,
+        trend_gradients: Literal["items", "parameters"] = "items",
     ) -> None:
+        if trend_gradients not in ("items", "parameters"):
+            raise UserError(f"popdro: trend_gradients must be items or parameters, got {trend_gradients}")
+        self.trend_gradients = trend_gradients
         if stages < 2:
             raise UserError(f"popdro: stages must be >= 2 (the popularity predictor needs two), got {stages}")
         if not 0 < alpha <= 1:
@@ -155,15 +163,18 @@ class PopDRO(FairnessMethod):
             predicted = predicted_popularity(shares, self.predict_strength)
             model.score_adjustment = PopularityAdjustment(predicted, self.clock, self.gamma, self.activation)
 
-    def trend_terms(self, cell_losses: torch.Tensor, cell_counts: torch.Tensor, params: list) -> torch.Tensor:
-        """T_g [G] from the per-(group, stage) loss sums [G, E] (one backward per non-empty cell)."""
+    def trend_terms(
+        self,
+        cell_losses: torch.Tensor,
+        cell_counts: torch.Tensor,
+        gradient: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """T_g [G] from the per-(group, stage) loss sums [G, E]; ``gradient(loss)`` is the flat gradient of a
+        cell's loss (one backward per non-empty cell)."""
         n_groups, n_stages = cell_losses.shape
         flat_losses, flat_counts = cell_losses.reshape(-1), cell_counts.reshape(-1)
         filled = torch.nonzero(flat_counts > 0).flatten().tolist()
-        units = torch.zeros(len(filled), sum(p.numel() for p in params), device=cell_losses.device)
-        for row, cell in enumerate(filled):
-            grad = flat_gradient(flat_losses[cell], params, retain_graph=True)
-            units[row] = grad / (grad.norm() + 1e-16)
+        units = torch.stack([(g := gradient(flat_losses[cell])) / (g.norm() + 1e-16) for cell in filled])
         scales = torch.zeros_like(flat_losses)
         scales[filled] = (flat_losses[filled] / flat_counts[filled]) ** self.p
         gram = torch.zeros(flat_losses.numel(), flat_losses.numel(), device=units.device)
@@ -173,12 +184,32 @@ class PopDRO(FairnessMethod):
         overall = gram @ (beta * scales) / (n_groups * n_stages)  # u_ge . mean_{g'e'} beta_e' G_g'e'
         return (scales * overall).reshape(n_groups, n_stages).sum(1) / n_stages
 
+    def losses_and_gradient(
+        self, model: Recommender, batch: Batch
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """Per-sample losses [B] and the gradient function of the trend term (see ``trend_gradients``)."""
+        if self.trend_gradients == "items" and callable(getattr(model, "encode", None)):
+            encoding = model.encode()  # type: ignore[operator]
+            n_users = encoding.shape[0] - model.n_items  # type: ignore[attr-defined]
+            losses = model.losses_from_encoding(encoding, batch)  # type: ignore[operator]
+
+            def item_rows(loss: torch.Tensor) -> torch.Tensor:
+                return flat_gradient(loss, [encoding], retain_graph=True)[n_users * encoding.shape[1] :]
+
+            return losses, item_rows
+        sets = model.parameter_sets()
+        params = (
+            sets["item_embeddings"]
+            if self.trend_gradients == "items" and "item_embeddings" in sets
+            else trainable_parameters(model)
+        )
+        return model.sample_losses(batch), lambda loss: flat_gradient(loss, params, retain_graph=True)
+
     def training_step(
         self, model: Recommender, batch: Batch, optimizers: dict[str, torch.optim.Optimizer]
     ) -> dict[str, float]:
-        params = trainable_parameters(model)
         membership = batch_membership(batch, "popdro")
-        losses = model.sample_losses(batch)
+        losses, gradient = self.losses_and_gradient(model, batch)
         stage = self.clock(batch["timestamps"])
         in_stage = nn.functional.one_hot(stage, self.stages).to(losses.dtype)  # [B, E]
         cells = membership.to(losses.dtype)[:, :, None] * in_stage[:, None, :]  # [B, G, E]
@@ -189,7 +220,7 @@ class PopDRO(FairnessMethod):
         if not bool(present.any()):  # only items in no group: no group objective, no update
             return {"loss": float(losses.detach().mean())}
         performance = cell_losses.sum(1) / (group_counts + 1e-16)
-        trend = self.trend_terms(cell_losses, cell_counts.detach(), params)
+        trend = self.trend_terms(cell_losses, cell_counts.detach(), gradient)
         current = (1 - self.epsilon) * performance + self.epsilon * trend
         ema = torch.where(present, (1 - self.alpha) * self.ema + self.alpha * current, self.ema)
         weights = self.weights * torch.exp(self.step_size * ema.detach())
