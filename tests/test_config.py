@@ -49,3 +49,23 @@ def test_expand_sweep_covers_every_value_without_the_full_product():
         assert any(value in job for job in flat)
     assert all("model=alpharec" in job for job in flat)
     assert expand_sweep(["seed=1"]) == [["seed=1"]]
+
+
+@pytest.mark.parametrize(
+    "model,lr,batch_size,patience",
+    [
+        ("alpharec", 5e-4, 4096, 20),
+        ("linear", 5e-4, 4096, 20),
+        ("mf", 1e-3, 2048, 20),
+        ("lightgcn", 1e-3, 2048, 20),
+        ("multvae", 1e-3, 2048, 20),
+        ("sgl", 1e-3, 256, 30),
+        ("xsimgcl", 1e-3, 256, 30),
+    ],
+)
+def test_each_model_brings_its_papers_trainer_and_the_command_line_wins(model, lr, batch_size, patience):
+    trainer = compose_config([f"model={model}"]).trainer
+    assert (trainer.lr, trainer.batch_size, trainer.patience) == (lr, batch_size, patience)
+    assert compose_config([f"model={model}", "trainer=default"]).trainer.lr == 5e-4
+    assert compose_config([f"model={model}", "trainer.lr=0.01"]).trainer.lr == 0.01
+    assert compose_config([f"model={model}", "experiment=quick"]).trainer.max_epochs == 3

@@ -211,6 +211,27 @@ def test_xsimgcl_noise_has_norm_eps_per_row_and_contrasts_output_with_layer_one(
     torch.testing.assert_close(two.sample_losses(batch), rec + 0.4 * contrast)
 
 
+def test_xsimgcl_noise_of_each_layer_feeds_the_next_as_in_selfrec():
+    """SELFRec ``XSimGCL_Encoder.forward``: E^k = A E^(k-1) + eps sign(A E^(k-1)) normalize(U[0, 1)), the
+    perturbed layer is propagated further, the output is the mean of the perturbed layers 1..L (no E^0) and
+    the contrast layer l* is the perturbed layer l*; the noise is drawn layer by layer from the epoch
+    generator."""
+    train = random_train()
+    model = XSimGCL(train, embed_dim=6, n_layers=3, eps=0.2, cl_layer=2)
+    model.on_epoch_start(0, 11)
+    final, contrast_layer = model.perturbed_propagation(perturb=True)
+    a = normalized_adjacency(train).to_dense()
+    gen = torch.Generator().manual_seed(11)
+    layer, layers = torch.cat([model.user_embedding, model.item_embedding]), []
+    for _ in range(3):
+        layer = a @ layer
+        noise = torch.rand(layer.shape, generator=gen)
+        layer = layer + torch.sign(layer) * nn.functional.normalize(noise, dim=-1) * 0.2
+        layers.append(layer)
+    torch.testing.assert_close(final, sum(layers) / 3)
+    torch.testing.assert_close(contrast_layer, layers[1])
+
+
 def test_multvae_loss_is_the_annealed_negative_elbo():
     torch.manual_seed(0)
     logits, mu, logvar = torch.randn(3, 5), torch.randn(3, 2), torch.randn(3, 2)
