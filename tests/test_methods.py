@@ -269,7 +269,8 @@ def tiny_alpharec() -> tuple[AlphaRec, dict[str, torch.Tensor]]:
     return model, batch
 
 
-def test_finite_difference_hvp_matches_double_backward():
+def hvp_problem():
+    """theta, Z, L = 0.3 l_0 + 0.7 l_1 (tiny AlphaRec), a direction v, the exact grad^2_{Z,theta} L v."""
     model, batch = tiny_alpharec()
     theta, z = list(model.projector.parameters()), [model.item_text_vectors]
     weights = torch.tensor([0.3, 0.7], dtype=torch.float64)
@@ -281,22 +282,17 @@ def test_finite_difference_hvp_matches_double_backward():
     vector = torch.randn(n_theta, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     grad_theta = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss(), theta, create_graph=True)])
     exact = flat_gradient(grad_theta @ vector, z, retain_graph=False)
+    return theta, z, loss, vector, exact
+
+
+def test_finite_difference_hvp_matches_double_backward():
+    theta, z, loss, vector, exact = hvp_problem()
     approx = finite_difference_hvp(loss, theta, z, vector, epsilon=1e-4 / float(vector.norm()))
     torch.testing.assert_close(approx, exact, rtol=1e-5, atol=1e-8)
 
 
 def test_forward_difference_hvp_matches_double_backward():
-    model, batch = tiny_alpharec()
-    theta, z = list(model.projector.parameters()), [model.item_text_vectors]
-    weights = torch.tensor([0.3, 0.7], dtype=torch.float64)
-
-    def loss() -> torch.Tensor:
-        return (weights * group_losses(model.sample_losses(batch), batch["groups"]).values).sum()
-
-    n_theta = sum(p.numel() for p in theta)
-    vector = torch.randn(n_theta, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    grad_theta = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss(), theta, create_graph=True)])
-    exact = flat_gradient(grad_theta @ vector, z, retain_graph=False)
+    theta, z, loss, vector, exact = hvp_problem()
     at_theta = flat_gradient(loss(), z, retain_graph=False)
     before = parameter_vector(theta)
     errors = []
