@@ -2,13 +2,16 @@
 
     python scripts/model_table.py [--models mf,...,alpharec] [--seeds 0,1,2] [overrides...]
     python scripts/model_table.py --sweep-dir outputs/multiruns/<date>/<time>      (reuse a finished sweep)
+    python scripts/model_table.py --sweep-dir A --sweep-dir B --notes analysis.md   (several sweeps + notes)
 
 Without --sweep-dir it runs one Hydra sweep,
     fairbench train -m model=<models> seed=<seeds> logger=none trainer.progress=false [overrides...]
-then reads the sweep's summary.csv. It writes docs/results_models.md (or --out): per model the mean ± std
+then reads the sweep's job directories. It writes docs/results_models.md (or --out): per model the mean ± std
 (sample std over the completed seeds) of test Recall/NDCG/HR@20 and popularity/genre CV@20 and MIN@20,
-the number of seeds, and the command that produced the runs. BiFair's claim to check: LLM-enhanced models
-(Linear, AlphaRec) have lower CV and higher MIN than the ID-based ones at similar or better accuracy.
+the number of seeds, and the command that produced the runs. A row is a model plus the ``model.*`` overrides
+of its jobs (e.g. ``mf [loss=infonce]``); ``--notes`` appends a markdown file. BiFair's claim to check:
+LLM-enhanced models (Linear, AlphaRec) have lower CV and higher MIN than the ID-based ones at similar or
+better accuracy.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 import pandas as pd
 from hydra.utils import get_object
 from omegaconf import OmegaConf
+
+from fairbench.report.summary import summarize_sweep
 
 DEFAULT_MODELS = "mf,multvae,lightgcn,sgl,xsimgcl,linear,alpharec"
 COLUMNS = {
@@ -60,8 +65,14 @@ def parse_overrides(text: str) -> dict[str, str]:
     return dict(token.split("=", 1) for token in str(text).split() if "=" in token)
 
 
-def model_label(job_dir: Path, model: str) -> str:
-    """The model option, plus the backbone's name for models that read LM vectors ('alpharec (minilm)')."""
+def model_label(job_dir: Path, model: str, overrides: str = "") -> str:
+    """The model option, its ``model.*`` overrides and, for models that read LM vectors, the backbone's name
+    ('alpharec (minilm)', 'mf [loss=infonce]')."""
+    options = [
+        f"{k[len('model.') :]}={v}" for k, v in parse_overrides(overrides).items() if k.startswith("model.")
+    ]
+    if options:
+        model = f"{model} [{', '.join(options)}]"
     config_file = job_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
         return model
@@ -73,21 +84,25 @@ def model_label(job_dir: Path, model: str) -> str:
     return f"{model} ({cfg.backbone.name})" if uses_text else model
 
 
-def summarize(sweep_dir: Path, models: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(table of 'mean ± std' strings per model, failed jobs) from a sweep's summary.csv."""
-    summary = pd.read_csv(sweep_dir / "summary.csv")
-    models_run = summary["overrides"].map(lambda o: parse_overrides(o).get("model", "(default)"))
-    labels = [model_label(sweep_dir / str(job), m) for job, m in zip(summary["job"], models_run, strict=True)]
-    summary = pd.concat([summary, pd.DataFrame({"model": models_run, "label": labels})], axis=1)
+def summarize(sweep_dirs: list[Path], models: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(table of 'mean ± std' strings per model label, failed jobs) from the sweeps' summary.csv files."""
+    frames = []
+    for sweep_dir in sweep_dirs:
+        summary = summarize_sweep(sweep_dir)  # the jobs' own files: a partly finished sweep works too
+        models_run = summary["overrides"].map(lambda o: parse_overrides(o).get("model", "(default)"))
+        labels = [
+            model_label(sweep_dir / str(job), m, o)
+            for job, m, o in zip(summary["job"], models_run, summary["overrides"], strict=True)
+        ]
+        frames.append(pd.concat([summary, pd.DataFrame({"model": models_run, "label": labels})], axis=1))
+    summary = pd.concat(frames, ignore_index=True)
     failed = summary[summary["status"] != "completed"]
     done = summary[summary["status"] == "completed"]
     order = models or list(dict.fromkeys(summary["model"]))
     rows = []
-    for model in order:
-        runs = done[done["model"] == model]
-        if runs.empty:
-            continue
-        row = {"Model": runs["label"].iloc[0], "Seeds": len(runs)}
+    for label in [lab for m in order for lab in dict.fromkeys(done.loc[done["model"] == m, "label"])]:
+        runs = done[done["label"] == label]
+        row = {"Model": label, "Seeds": len(runs)}
         for key, name in COLUMNS.items():
             values = runs[key].astype(float) if key in runs else pd.Series(dtype=float)
             std = values.std(ddof=1) if len(values) > 1 else float("nan")
@@ -104,18 +119,25 @@ def to_markdown(frame: pd.DataFrame) -> str:
 
 
 def write_report(
-    path: Path, table: pd.DataFrame, failed: pd.DataFrame, sweep_dir: Path, command: str
+    path: Path,
+    table: pd.DataFrame,
+    failed: pd.DataFrame,
+    sweep_dirs: list[Path],
+    commands: list[str],
+    notes: str = "",
 ) -> None:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "# Recommenders: accuracy and item-side fairness (BiFair Table 1 protocol)",
         "",
-        f"Generated by `scripts/model_table.py` on {when} from `{sweep_dir}`.",
+        f"Generated by `scripts/model_table.py` on {when} from "
+        + ", ".join(f"`{d}`" for d in sweep_dirs)
+        + ".",
         "",
-        "Command:",
+        "Commands:",
         "",
         "```",
-        command,
+        *commands,
         "```",
         "",
         "Test split, full ranking with training and validation items masked, K = 20; mean ± sample std over",
@@ -131,6 +153,8 @@ def write_report(
         parts += ["Failed jobs:", ""]
         parts += [f"- job {r.job} (`{r.overrides}`): {getattr(r, 'error', '')}" for r in failed.itertuples()]
         parts.append("")
+    if notes:
+        parts += [notes, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
 
@@ -141,24 +165,30 @@ def main() -> None:
     )
     parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated model options")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--sweep-dir", type=Path, help="read this finished sweep instead of running one")
+    parser.add_argument(
+        "--sweep-dir", type=Path, action="append", help="read this finished sweep instead of running one"
+    )
+    parser.add_argument("--notes", type=Path, help="a markdown file appended after the table")
     parser.add_argument("--out", type=Path, default=Path("docs") / "results_models.md")
     args, overrides = parser.parse_known_args()
-    if args.sweep_dir is not None:
-        sweep_dir = args.sweep_dir
-        if not (sweep_dir / "summary.csv").is_file():
-            raise SystemExit(f"--sweep-dir: no summary.csv in {sweep_dir}")
-        command = f"(existing sweep) python scripts/model_table.py --sweep-dir {sweep_dir}"
-        multirun = sweep_dir / "multirun.yaml"
-        if multirun.is_file():
-            task = OmegaConf.load(multirun).hydra.overrides.task
-            command = "fairbench train -m " + " ".join(shlex.quote(str(a)) for a in task)
+    if args.sweep_dir:
+        sweep_dirs, commands = args.sweep_dir, []
+        for sweep_dir in sweep_dirs:
+            if not any(sweep_dir.glob("*/.hydra/overrides.yaml")):
+                raise SystemExit(f"--sweep-dir: no job directories in {sweep_dir}")
+            command = f"(existing sweep {sweep_dir})"
+            multirun = sweep_dir / "multirun.yaml"
+            if multirun.is_file():
+                task = OmegaConf.load(multirun).hydra.overrides.task
+                command = "fairbench train -m " + " ".join(shlex.quote(str(a)) for a in task)
+            commands.append(command)
         models = None
     else:
         sweep_dir, command = run_sweep(args.models, args.seeds, overrides)
-        models = args.models.split(",")
-    table, failed = summarize(sweep_dir, models)
-    write_report(args.out, table, failed, sweep_dir, command)
+        sweep_dirs, commands, models = [sweep_dir], [command], args.models.split(",")
+    table, failed = summarize(sweep_dirs, models)
+    notes = args.notes.read_text() if args.notes else ""
+    write_report(args.out, table, failed, sweep_dirs, commands, notes)
     print(to_markdown(table))
     print(f"written to {args.out}")
 
