@@ -20,6 +20,8 @@ from typing import Any
 import hydra
 import typer
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -101,6 +103,38 @@ def split_hydra_args(args: list[str]) -> tuple[list[str], bool]:
     return overrides, True
 
 
+def force_keys_of_swept_groups(args: list[str]) -> list[str]:
+    """Turn ``model.loss=x`` into ``++model.loss=x`` when ``model`` is swept (``-m model=mf,lightgcn``).
+
+    Hydra composes a multirun's base config with the default option of every swept group, where such a key
+    may not exist (alpharec has no ``loss``), and stops before the sweep starts. Forcing the key is safe:
+    every job is validated on its own first, so a key its option does not have is still reported.
+    """
+    groups = set(list_options())
+    parser = OverridesParser.create()
+    parsed = {}
+    for arg in args:
+        if not arg.startswith("-") and "=" in arg:
+            try:
+                parsed[arg] = parser.parse_override(arg)
+            except HydraException:
+                continue  # reported by the validation with its own message
+    swept = {o.get_key_element() for o in parsed.values() if o.is_sweep_override()} & groups
+    forced = []
+    for arg in args:
+        override = parsed.get(arg)
+        if (
+            override is not None
+            and override.package is None
+            and not override.is_sweep_override()
+            and arg.split("=", 1)[0].split(".", 1)[0] in swept
+            and "." in arg.split("=", 1)[0]
+        ):
+            arg = "++" + arg
+        forced.append(arg)
+    return forced
+
+
 def prevalidate(overrides: list[str]) -> None:
     """Compose and validate every job of a (possibly sweeping) command line before launching anything."""
     for job_overrides in expand_sweep(overrides):
@@ -174,6 +208,8 @@ def train(ctx: typer.Context) -> None:
     from fairbench.report import summary
 
     args = list(ctx.args)
+    if "-m" in args or "--multirun" in args:
+        args = force_keys_of_swept_groups(args)
     overrides, check = split_hydra_args(args)
     if check:
         _guard(lambda: prevalidate(overrides))

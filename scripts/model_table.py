@@ -61,8 +61,8 @@ def run_sweep(models: str, seeds: str, overrides: list[str]) -> tuple[Path, str]
 
 
 def parse_overrides(text: str) -> dict[str, str]:
-    """'model=mf seed=1' -> {'model': 'mf', 'seed': '1'}."""
-    return dict(token.split("=", 1) for token in str(text).split() if "=" in token)
+    """'model=mf seed=1 ++model.loss=infonce' -> {'model': 'mf', 'seed': '1', 'model.loss': 'infonce'}."""
+    return dict(token.lstrip("+~").split("=", 1) for token in str(text).split() if "=" in token)
 
 
 def model_label(job_dir: Path, model: str, overrides: str = "") -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 FAIRBENCH = str(Path(sys.executable).parent / "fairbench")
 QUICK = ["trainer.max_epochs=2", "trainer.progress=false"]
@@ -143,3 +144,16 @@ def test_multirun_sweep_summary_and_failed_job(tmp_path, launcher):
         assert failed["overrides"].str.contains("bogus@20").all()
         assert failed["error"].str.contains("trainer.monitor").all()
         assert summary[summary["status"] == "completed"]["test/recall@20"].notna().all()
+
+
+@pytest.mark.slow
+def test_sweep_over_models_with_an_option_only_they_have(tmp_path):
+    """`-m model=mf,lightgcn model.loss=infonce`: Hydra's base config has the default model (no `loss`); the
+    key is forced for the sweep, and a swept option without the key is still rejected before anything runs."""
+    args = ["-m", "model=mf,lightgcn", "model.loss=infonce", "trainer.max_epochs=1", "logger=none"]
+    result = fairbench("train", *args, out=tmp_path / "ok")
+    assert result.returncode == 0, result.stderr[-3000:]
+    configs = sorted((tmp_path / "ok").glob("multiruns/*/*/*/.hydra/config.yaml"))
+    assert [OmegaConf.load(c).model.loss for c in configs] == ["infonce", "infonce"]
+    bad = fairbench("train", "-m", "model=mf,alpharec", "model.loss=infonce", out=tmp_path / "bad")
+    assert bad.returncode == 2 and "loss" in bad.stderr and "Traceback" not in bad.stderr
