@@ -234,16 +234,30 @@ def test_entropy_coefficients_give_the_entropy_gradient():
     assert float(c.sum()) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_fair_group_weights_are_the_frank_wolfe_min_norm_of_groups_and_entropy():
+def test_fair_group_weights_are_the_frank_wolfe_weights_of_the_groups_eq_11():
     grads = torch.tensor([[1.0, 0.2, 0.0], [0.3, 1.0, 0.1]], dtype=torch.float64)
     losses = torch.tensor([1.0, 2.0], dtype=torch.float64)
-    weights = fair_group_weights(losses, grads, iterations=50)
     c = entropy_coefficients(losses)
     vectors = torch.cat([grads, (c @ grads)[None]])
-    w = frank_wolfe_weights(vectors @ vectors.T, 50)
-    torch.testing.assert_close(weights @ grads, torch.as_tensor(w) @ vectors)
+    w = torch.as_tensor(frank_wolfe_weights(vectors @ vectors.T, 50))
+    # Eq. 11: d = sum over the groups only, w* renormalised to the simplex over the groups (Eq. 9)
+    weights = fair_group_weights(losses, grads, iterations=50)
+    torch.testing.assert_close(weights, w[:2] / w[:2].sum())
+    assert (weights >= 0).all() and float(weights.sum()) == pytest.approx(1.0)
+    # min_norm: the min-norm point of the whole set, entropy vector included
+    min_norm = fair_group_weights(losses, grads, iterations=50, direction="min_norm")
+    torch.testing.assert_close(min_norm @ grads, w @ vectors)
     torch.testing.assert_close(
         fair_group_weights(losses[:1], grads[:1], 50), torch.ones(1, dtype=torch.float64)
+    )
+
+
+def test_fair_group_weights_fall_back_to_uniform_when_only_the_entropy_vector_is_chosen():
+    """Equal losses make -grad H_s = 0, the min-norm point: FW moves all weight onto it."""
+    grads = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    losses = torch.tensor([0.7, 0.7], dtype=torch.float64)
+    torch.testing.assert_close(
+        fair_group_weights(losses, grads, 200), torch.full((2,), 0.5, dtype=torch.float64)
     )
 
 

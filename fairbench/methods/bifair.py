@@ -8,8 +8,12 @@ membership-weighted means, see ``grouping``):
 1. per-group gradients g_n = grad_theta l_n(theta, Z) from one forward pass (one backward per group);
 2. fairness-aware weights (Sec. 3.3, Algorithm 2): Frank-Wolfe on the Gram matrix of the gradient set
    {g_1, .., g_N, -grad H_s}, where -grad H_s = sum_n c_n g_n with c_n = p_n log p_n - p_n sum_i p_i log p_i
-   and p = softmax(l) (Eq. 10, App. A); the min-norm point is sum_n wt_n g_n with the effective group
-   weights wt_n = w_n + w_{N+1} c_n (Eq. 11);
+   and p = softmax(l) (Eq. 10, App. A), gives w in the simplex over N + 1 vectors. The update direction is
+   Eq. 11, d = sum_{n<=N} w*_n g_n over the *group* gradients only, with w* in the simplex over the N groups
+   (Eq. 9): wt_n = w_n / sum_{m<=N} w_m (uniform if FW puts all weight on the entropy vector). The entropy
+   vector thus steers which groups are weighted up, but is not itself a step: its coefficients sum to zero,
+   so a step along it only trades loss between groups. ``update_direction=min_norm`` instead steps along the
+   min-norm point of the whole set, wt_n = w_n + w_{N+1} c_n (MGDA's common direction);
 3. inner step (Algorithm 1, line 4): theta moves along d_theta = sum_n wt_n g_n;
 4. outer step (Eqs. 5-7): with L = sum_n wt_n l_n, theta' = theta - xi d_theta, v = grad_theta' L(theta', Z),
    d_Z = grad_Z L(theta', Z) - xi [grad_Z L(theta+, Z) - grad_Z L(theta-, Z)] / (2 eps),
@@ -71,14 +75,20 @@ log = logging.getLogger(__name__)
 Z_SET = "item_text_vectors"
 
 
-def fair_group_weights(losses: torch.Tensor, grads: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Effective group weights wt [N] of BiFair's Algorithm 2 from group losses [N] and gradients [N, P].
+def fair_group_weights(
+    losses: torch.Tensor,
+    grads: torch.Tensor,
+    iterations: int,
+    direction: Literal["groups", "min_norm"] = "groups",
+) -> torch.Tensor:
+    """Group weights wt [N] of BiFair's Algorithm 2 and Eq. 11 from group losses [N] and gradients [N, P].
 
     The gradient set is {g_1..g_N, -grad H_s} with -grad H_s = sum_n c_n g_n, so its Gram matrix is
-    A^T K A with K = grads grads^T and A = [I | c]; Frank-Wolfe gives w [N + 1] and wt = A w. With a single
-    group the entropy gradient is zero (the min-norm point would be 0): wt = [1].
+    A^T K A with K = grads grads^T and A = [I | c]; Frank-Wolfe gives w [N + 1]. ``groups`` (Eq. 11, w* in
+    the simplex over the groups): wt = w[:N] / sum(w[:N]), uniform when that sum vanishes. ``min_norm``:
+    wt = A w, the min-norm point of the whole set. With a single group: wt = [1].
     """
-    if len(losses) == 1:  # H_s of one loss is constant: its gradient vanishes and so would the step
+    if len(losses) == 1:  # H_s of one loss is constant: its gradient vanishes
         return torch.ones(1, dtype=grads.dtype, device=grads.device)
     coefficients = entropy_coefficients(losses.detach().double())
     combination = torch.cat(
@@ -88,7 +98,13 @@ def fair_group_weights(losses: torch.Tensor, grads: torch.Tensor, iterations: in
     w = torch.as_tensor(
         frank_wolfe_weights(combination.T @ gram @ combination, iterations), device=losses.device
     )
-    return (combination @ w).to(grads.dtype)
+    if direction == "min_norm":
+        return (combination @ w).to(grads.dtype)
+    group_part = w[: len(losses)]
+    total = float(group_part.sum())
+    if total <= 1e-12:
+        return torch.full((len(losses),), 1.0 / len(losses), dtype=grads.dtype, device=grads.device)
+    return (group_part / total).to(grads.dtype)
 
 
 def finite_difference_hvp(
@@ -147,7 +163,11 @@ class BiFair(FairnessMethod):
         fw_iterations: int = 100,
         gradient_space: Literal["parameters", "representation"] = "parameters",
         fd_scheme: Literal["central", "forward"] = "central",
+        update_direction: Literal["groups", "min_norm"] = "groups",
     ) -> None:
+        if update_direction not in ("groups", "min_norm"):
+            raise UserError(f"bifair: update_direction must be groups or min_norm, got {update_direction}")
+        self.update_direction = update_direction
         if gradient_space not in ("parameters", "representation"):
             raise UserError(
                 f"bifair: gradient_space must be parameters or representation, got {gradient_space}"
@@ -226,7 +246,11 @@ class BiFair(FairnessMethod):
             present = torch.nonzero(grouped.present).flatten()
             values = grouped.values[present]
             grads = flat_gradients(list(values), self.theta, retain_graph=with_z_grad)
-            weights = fair_group_weights(values, grads, self.fw_iterations) if len(present) else grads[:, 0]
+            weights = (
+                fair_group_weights(values, grads, self.fw_iterations, self.update_direction)
+                if len(present)
+                else grads[:, 0]
+            )
             z_grad = None
             if with_z_grad and len(present):
                 z_grad = flat_gradient((weights.detach() * values).sum(), self.z, retain_graph=False)
@@ -240,7 +264,7 @@ class BiFair(FairnessMethod):
         rep_grads = flat_gradients(list(values), [shared], retain_graph=False)
         if len(present) == 0:
             return InnerStep(losses.detach(), present, rep_grads[:, 0], torch.zeros(0), None)
-        weights = fair_group_weights(values, rep_grads, self.fw_iterations)
+        weights = fair_group_weights(values, rep_grads, self.fw_iterations, self.update_direction)
         params = self.theta + (self.z if with_z_grad else [])
         grads = torch.autograd.grad(
             encoding, params, grad_outputs=(weights @ rep_grads).view_as(encoding), allow_unused=True
@@ -335,6 +359,7 @@ class BiFairSeparate(BiFair):
         lr_decay_power: float = 0.9,
         fw_iterations: int = 100,
         gradient_space: Literal["parameters", "representation"] = "parameters",
+        update_direction: Literal["groups", "min_norm"] = "groups",
     ) -> None:
         super().__init__(
             groups=groups,
@@ -345,6 +370,7 @@ class BiFairSeparate(BiFair):
             lr_decay_power=lr_decay_power,
             fw_iterations=fw_iterations,
             gradient_space=gradient_space,
+            update_direction=update_direction,
         )
         self.phase: Literal["theta", "z"] = "theta"
 
