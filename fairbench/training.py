@@ -273,6 +273,17 @@ def fit(
         }
         result.history.append(row)
         epochs.set_postfix(loss=f"{row['train/loss']:.4f}", **{cfg.monitor: f"{score:.4f}"})
+        if not cfg.progress:  # without progress bars, one log line per evaluation shows the run is alive
+            log.info(
+                "epoch %d: train loss %.4f, valid %s %.4f (best %.4f at epoch %d), %.1f s/epoch",
+                epoch,
+                row["train/loss"],
+                cfg.monitor,
+                score,
+                result.best_score,
+                result.best_epoch,
+                train_seconds / result.epochs_run,
+            )
         if on_evaluation is not None:
             on_evaluation(epoch, row)
         if checkpoint_dir is not None and cfg.checkpoint:

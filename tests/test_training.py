@@ -1,5 +1,7 @@
 """Negative sampling and the training loop's determinism and resume."""
 
+import logging
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -91,3 +93,13 @@ def test_dense_bitmap_and_binary_search_membership_agree():
     assert torch.equal(
         dense.sample(users, 7, epoch_generator(0, 1)), searched.sample(users, 7, epoch_generator(0, 1))
     )
+
+
+def test_each_evaluation_is_logged_when_progress_bars_are_off(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="fairbench.training"):
+        _, result = toy_fit(tmp_path, 3)
+    lines = [r.getMessage() for r in caplog.records if "valid recall@20" in r.getMessage()]
+    assert [line.split(":")[0] for line in lines] == ["epoch 0", "epoch 1", "epoch 2"]
+    last = result.history[-1]
+    assert f"train loss {last['train/loss']:.4f}" in lines[-1]
+    assert f"valid recall@20 {last['valid/recall@20']:.4f}" in lines[-1]
