@@ -1,16 +1,22 @@
 """BiFair Table 2 on your data: every fairness method's accuracy and item-side fairness (mean ± std over
 seeds), and BiFair's claim checked against ERM.
 
-    python scripts/method_table.py --sweep-dir DIR [--sweep-dir DIR ...] [--command "..."] [--out FILE]
+    python scripts/method_table.py --sweep-dir DIR [--sweep-dir DIR ...] [--runs CSV ...] [--command "..."]
+        [--out FILE]
 
 Reads the job directories of finished (or partly finished) sweeps such as
 
     fairbench train -m seed=0,1,2 method=erm,bifair,reweight,... method.groups=genre ...
 
-and writes docs/results_methods.md (or --out): one row per (method, balanced groups) with test
+and writes docs/results_methods.md (or --out): one row per (method with its ``method.*`` options, balanced
+groups) with test
 Recall/NDCG/HR@20 and popularity/genre CV@20 and MIN@20 (mean ± sample std over the completed seeds), then,
 per group kind, each method against ERM: relative Recall@20 change, and whether CV is lower and MIN higher.
 BiFair's claim (Sec. 4.4): lower CV and higher MIN than ERM with Recall@20 within 2%.
+
+Every run's metrics are also written to ``<out>_runs.csv`` (one row per job, with its command-line overrides);
+``--runs`` reads such files back, so a table can be regenerated, or extended by new sweeps, without the
+original sweep directories; a (method, groups, seed) found again replaces the earlier run.
 """
 
 from __future__ import annotations
@@ -28,23 +34,42 @@ from fairbench.report.summary import summarize_sweep
 GROUP_KEYS = {"popularity": "pop", "pop": "pop", "genre": "genre"}
 
 
+def method_label(overrides: str) -> str:
+    """The method option and its ``method.*`` overrides other than the groups, e.g.
+    'bifair [gradient_space=representation]'."""
+    parsed = parse_overrides(overrides)
+    options = [
+        f"{k[len('method.') :]}={v}"
+        for k, v in parsed.items()
+        if k.startswith("method.") and k != "method.groups"
+    ]
+    method = parsed.get("method", "erm")
+    return f"{method} [{', '.join(options)}]" if options else method
+
+
 def collect(sweep_dirs: list[Path]) -> pd.DataFrame:
-    """Completed jobs of all sweeps with their method and the groups the method balanced."""
+    """Completed jobs of all sweeps with their method label, seed and the groups the method balanced."""
     frames = []
     for sweep_dir in sweep_dirs:
         frame = summarize_sweep(sweep_dir)
         if frame.empty:
             continue
         frame = frame[frame["status"] == "completed"].copy()
-        methods, groups = [], []
-        for job, text in zip(frame["job"], frame["overrides"], strict=True):
+        groups, seeds = [], []
+        for job in frame["job"]:
             cfg = OmegaConf.load(sweep_dir / str(job) / ".hydra" / "config.yaml")
-            methods.append(parse_overrides(text).get("method", "erm"))
             kind = cfg.method.get("groups") if "groups" in cfg.method else None
             groups.append(GROUP_KEYS.get(str(kind), "-") if kind is not None else "-")
-        frame["method"], frame["groups"] = methods, groups
+            seeds.append(int(cfg.seed))
+        frame.insert(0, "sweep", str(sweep_dir))
+        frame["method"] = [method_label(text) for text in frame["overrides"]]
+        frame["groups"], frame["seed"] = groups, seeds
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def runs_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}_runs.csv")
 
 
 def mean_std(values: pd.Series) -> str:
@@ -95,14 +120,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sweep-dir", type=Path, action="append", required=True, help="a sweep directory")
+    parser.add_argument("--sweep-dir", type=Path, action="append", default=[], help="a sweep directory")
+    parser.add_argument(
+        "--runs", type=Path, action="append", default=[], help="a per-run CSV written by an earlier call"
+    )
     parser.add_argument("--command", action="append", default=[], help="command line that made a sweep")
     parser.add_argument("--notes", type=Path, help="a markdown file appended after the tables")
     parser.add_argument("--out", type=Path, default=Path("docs") / "results_methods.md")
     args = parser.parse_args()
-    runs = collect(args.sweep_dir)
+    frames = [pd.read_csv(path, keep_default_na=False, na_values=[""]) for path in args.runs]
+    runs = pd.concat([*frames, collect(args.sweep_dir)], ignore_index=True)
     if runs.empty:
-        raise SystemExit(f"no completed job in {[str(d) for d in args.sweep_dir]}")
+        raise SystemExit(f"no completed job in {[str(d) for d in args.sweep_dir + args.runs]}")
+    runs = runs.drop_duplicates(subset=["method", "groups", "seed"], keep="last")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         *report_header(
@@ -128,8 +158,11 @@ def main() -> None:
         parts += [args.notes.read_text(), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(parts))
+    metric_keys = [k for k in runs if k.startswith("test/")]
+    keep = ["sweep", "job", "overrides", "method", "groups", "seed", *metric_keys]
+    runs[[k for k in keep if k in runs]].to_csv(runs_path(args.out), index=False)
     print("\n".join(parts))
-    print(f"written to {args.out}")
+    print(f"written to {args.out} and {runs_path(args.out)}")
 
 
 if __name__ == "__main__":
