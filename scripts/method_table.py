@@ -158,7 +158,7 @@ def main() -> None:
         parts += [args.notes.read_text(), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(parts))
-    metric_keys = [k for k in runs if k.startswith("test/")]
+    metric_keys = [k for k in runs if k.startswith(("test/", "train/", "time/"))]
     keep = ["sweep", "job", "overrides", "method", "groups", "seed", *metric_keys]
     runs[[k for k in keep if k in runs]].to_csv(runs_path(args.out), index=False)
     print("\n".join(parts))

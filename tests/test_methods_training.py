@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from collections.abc import Callable
@@ -328,3 +329,14 @@ def test_cli_sweep_over_all_methods(tmp_path):
     assert len(summary) == len(METHODS) and (summary["status"] == "completed").all()
     assert summary["test/recall@20"].notna().all()
     assert sorted(summary["overrides"].str.extract(r"method=(\w+)")[0]) == sorted(METHODS)
+
+
+def test_itfr_logs_its_group_weights_each_epoch(caplog):
+    method = build_method("itfr")
+    with caplog.at_level(logging.INFO, logger="fairbench.methods.itfr"):
+        run_fit(method, 2)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("itfr epoch")]
+    assert [line.split(":")[0] for line in lines] == ["itfr epoch 0", "itfr epoch 1"]
+    logged = [float(w) for w in lines[-1].split("group weights [")[1].split("]")[0].split(",")]
+    assert logged == [round(w, 3) for w in method.weights.tolist()]
+    assert sum(logged) == pytest.approx(1.0, abs=2e-3)

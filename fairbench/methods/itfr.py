@@ -22,6 +22,8 @@ step: one forward, then per present group one backward, one forward (on its samp
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from fairbench.errors import UserError
@@ -38,6 +40,8 @@ from fairbench.methods.grouping import (
     trainable_parameters,
 )
 from fairbench.models.base import Batch, Recommender
+
+log = logging.getLogger(__name__)
 
 
 def collaborative_update(
@@ -150,6 +154,12 @@ class ITFR(FairnessMethod):
     def on_epoch_end(self, epoch: int) -> None:
         seen = self.count_sum > 0
         averages = self.loss_sum / self.count_sum.clamp(min=1)
+        log.info(
+            "itfr epoch %d: group weights %s, mean perturbed group losses %s",
+            epoch,
+            [round(w, 3) for w in self.weights.tolist()],
+            [round(x, 3) if s else None for x, s in zip(averages.tolist(), seen.tolist(), strict=True)],
+        )
         if self.previous_losses is None:
             self.previous_losses = averages
         else:  # a group unseen this epoch keeps its previous average
