@@ -9,8 +9,8 @@ Reads the job directories of finished (or partly finished) sweeps such as
     fairbench train -m seed=0,1,2 method=erm,bifair,reweight,... method.groups=genre ...
 
 and writes docs/results_methods.md (or --out): one row per (method with its ``method.*`` options, balanced
-groups) with test
-Recall/NDCG/HR@20 and popularity/genre CV@20 and MIN@20 (mean ± sample std over the completed seeds), then,
+groups) with test Recall/NDCG/HR@20 and popularity/genre CV@20 and MIN@20 (mean ± sample std over the
+completed seeds), then,
 per group kind, each method against ERM: relative Recall@20 change, and whether CV is lower and MIN higher.
 BiFair's claim (Sec. 4.4): lower CV and higher MIN than ERM with Recall@20 within 2%.
 
@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-from model_table import COLUMNS, parse_overrides, report_header, to_markdown
+from model_table import COLUMNS, parse_overrides, report_header, to_markdown, with_group_options
 from omegaconf import OmegaConf
 
 from fairbench.report.summary import summarize_sweep
@@ -37,14 +37,8 @@ GROUP_KEYS = {"popularity": "pop", "pop": "pop", "genre": "genre"}
 def method_label(overrides: str) -> str:
     """The method option and its ``method.*`` overrides other than the groups, e.g.
     'bifair [gradient_space=representation]'."""
-    parsed = parse_overrides(overrides)
-    options = [
-        f"{k[len('method.') :]}={v}"
-        for k, v in parsed.items()
-        if k.startswith("method.") and k != "method.groups"
-    ]
-    method = parsed.get("method", "erm")
-    return f"{method} [{', '.join(options)}]" if options else method
+    method = parse_overrides(overrides).get("method", "erm")
+    return with_group_options(method, "method", overrides, skip=("groups",))
 
 
 def collect(sweep_dirs: list[Path]) -> pd.DataFrame:

@@ -65,14 +65,22 @@ def parse_overrides(text: str) -> dict[str, str]:
     return dict(token.lstrip("+~").split("=", 1) for token in str(text).split() if "=" in token)
 
 
+def with_group_options(option: str, group: str, overrides: str, skip: tuple[str, ...] = ()) -> str:
+    """``option`` followed by the ``<group>.*`` overrides of ``overrides`` (except the keys in ``skip``),
+    e.g. 'mf [loss=infonce]'."""
+    prefix = f"{group}."
+    options = [
+        f"{k[len(prefix) :]}={v}"
+        for k, v in parse_overrides(overrides).items()
+        if k.startswith(prefix) and k[len(prefix) :] not in skip
+    ]
+    return f"{option} [{', '.join(options)}]" if options else option
+
+
 def model_label(job_dir: Path, model: str, overrides: str = "") -> str:
     """The model option, its ``model.*`` overrides and, for models that read LM vectors, the backbone's name
     ('alpharec (minilm)', 'mf [loss=infonce]')."""
-    options = [
-        f"{k[len('model.') :]}={v}" for k, v in parse_overrides(overrides).items() if k.startswith("model.")
-    ]
-    if options:
-        model = f"{model} [{', '.join(options)}]"
+    model = with_group_options(model, "model", overrides)
     config_file = job_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
         return model
