@@ -75,7 +75,8 @@ HYDRA_SELF_SERVE_FLAGS = {
 def _user_error(err: UserError) -> None:
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         traceback.print_exception(err)
-    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    console.print("[bold red]error:[/] ", end="")
+    console.print(str(err), markup=False, highlight=False, soft_wrap=True)  # messages may hold [brackets]
     raise SystemExit(EXIT_USER_ERROR)
 
 
@@ -136,15 +137,17 @@ def force_keys_of_swept_groups(args: list[str]) -> list[str]:
 
 
 def prevalidate(overrides: list[str]) -> None:
-    """Compose and validate every job of a (possibly sweeping) command line before launching anything."""
+    """Compose and check every job of a (possibly sweeping) command line before launching anything: keys
+    and types of every node, the values constructors check, model/method/post-processor compatibility,
+    the logger, and the files of a local dataset. No data is loaded."""
+    from fairbench.pipeline import check_before_work
+
     for job_overrides in expand_sweep(overrides):
         cfg = compose_config(job_overrides, return_hydra_config=True)
-        check_config(cfg)
+        check_before_work(cfg)
         if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
             raise UserError(f"ckpt_path: no checkpoint at {cfg.ckpt_path}")
-        # constructors check values too (e.g. split ratios, learning rate): build the cheap objects now
-        for group in ("trainer", "metric", "method", "logger"):
-            build(cfg[group])
+        build(cfg.logger)
         dataset = build(cfg.dataset)
         if cfg.dataset.get("path"):  # a local copy: check its files now (the bundled copy is fetched later)
             dataset.locate(
@@ -157,7 +160,10 @@ def prevalidate(overrides: list[str]) -> None:
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    """Hydra task: one run in its own directory, with status.json telling the sweep summary how it ended."""
+    """Hydra task: one run in its own directory, with status.json telling the sweep summary how it ended.
+
+    Returns the validation value of ``trainer.monitor`` (what a Hydra sweeper such as Optuna optimises; a
+    test metric is never returned, so tuning cannot look at test)."""
     from fairbench.pipeline import run
     from fairbench.report.loggers import RunLogger
     from fairbench.report.results import write_json
@@ -178,7 +184,7 @@ def run_job(cfg: DictConfig) -> float | None:
         result = run(cfg, run_dir, logger)
         failed = False
         write_json(run_dir / "status.json", {"status": "completed"})
-        return result.metrics.get("test/recall@20")
+        return result.metrics.get(f"valid/{cfg.trainer.monitor}")  # what a sweeper optimises: never test
     except UserError as err:
         log.error("%s", err)
         write_json(run_dir / "status.json", {"status": "failed", "error": str(err)})
@@ -316,8 +322,8 @@ def embed_command(ctx: typer.Context) -> None:
     `train` reads (<paths.cache_dir>/vectors); an interrupted run resumes from its finished chunks.
     """
     from fairbench.backbones import embed
-    from fairbench.backbones.base import resolve_device
     from fairbench.data import load_dataset
+    from fairbench.runtime import resolve_device
 
     def work() -> None:
         cfg = compose_config(list(ctx.args))

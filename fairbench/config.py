@@ -18,19 +18,26 @@ from typing import Any, Literal, Union
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.errors import HydraException
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fairbench.errors import UserError
+from fairbench.runtime import build
+
+__all__ = ["build", "check_config", "compose_config", "config_groups", "list_options", "validate_config"]
 
 CONFIG_MODULE = "fairbench.conf"
 CONFIG_NAME = "config"
-GROUPS = ("dataset", "backbone", "model", "method", "metric", "logger", "trainer", "experiment")
+#: config groups that are not choices a user makes (Hydra's own settings)
+INTERNAL_GROUPS = ("hydra",)
 
 # Root keys outside any group and their types.
 ROOT_SCHEMA: dict[str, Any] = {"seed": int, "device": str, "ckpt_path": str | None, "paths": dict}
+# Plain (no _target_) group nodes and the function that checks their own keys; their _target_ children are
+# validated against their signatures as everywhere else.
+GROUP_SCHEMAS: dict[str, str] = {"backbone": "fairbench.backbones.cache.backbone_spec"}
 
 
 def config_dir() -> Path:
@@ -40,14 +47,19 @@ def config_dir() -> Path:
     return Path(fairbench.conf.__file__).parent
 
 
+def config_groups() -> list[str]:
+    """Every config group of the tree: each folder holding YAML options, nested ones as ``a/b``."""
+    root = config_dir()
+    groups = {
+        path.parent.relative_to(root).as_posix() for path in root.rglob("*.yaml") if path.parent != root
+    }
+    return sorted(g for g in groups if g.split("/")[0] not in INTERNAL_GROUPS)
+
+
 def list_options() -> dict[str, list[str]]:
     """Options of every config group, from the YAML files of the config tree."""
     root = config_dir()
-    return {
-        group: sorted(p.stem for p in (root / group).glob("*.yaml"))
-        for group in GROUPS
-        if (root / group).is_dir()
-    }
+    return {group: sorted(p.stem for p in (root / group).glob("*.yaml")) for group in config_groups()}
 
 
 def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
@@ -89,23 +101,6 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
     return jobs
 
 
-def build(node: DictConfig, **runtime: Any) -> Any:
-    """``hydra.utils.instantiate`` that lets a :class:`UserError` raised while building reach the user as is.
-
-    Hydra wraps exceptions from constructors in ``InstantiationException``; a config mistake detected by a
-    constructor (e.g. ``trainer.lr must be > 0``) must still end as one clear message and exit code 2.
-    """
-    try:
-        return instantiate(node, **runtime)
-    except InstantiationException as err:
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise cause from None
-        raise
-
-
 # ----------------------------------------------------------------------------------------------- validation
 
 
@@ -120,8 +115,12 @@ def validate_config(cfg: DictConfig) -> list[str]:
             problems += _validate_target_node(node, str(key))
         elif key in ROOT_SCHEMA:
             problems += _check_value(cfg, str(key), ROOT_SCHEMA[key], str(key))
+        elif key in GROUP_SCHEMAS and isinstance(node, DictConfig):
+            problems += _validate_group_schema(node, str(key))
         elif isinstance(node, DictConfig):
-            continue  # plain group such as `paths` or an experiment's free-form notes
+            # a plain node such as an experiment's free-form notes: its _target_ nodes are still checked
+            for path, target_node in iter_target_nodes(node, str(key)):
+                problems += _validate_target_node(target_node, path)
         else:
             problems.append(f"unknown key '{key}' at the top level; known keys: {', '.join(ROOT_SCHEMA)}")
     if isinstance(cfg.get("paths"), DictConfig):
@@ -140,13 +139,27 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def iter_target_nodes(node: DictConfig, path: str) -> Iterator[tuple[str, DictConfig]]:
-    """All ``_target_`` nodes at or below ``node``, with their dotted paths."""
+    """The outermost ``_target_`` nodes at or below ``node``, with their dotted paths (nested ones are
+    checked by :func:`_validate_target_node`)."""
     if "_target_" in node:
         yield path, node
+        return
     for key in node:
         child = node._get_node(key)
         if isinstance(child, DictConfig):
             yield from iter_target_nodes(child, f"{path}.{key}")
+
+
+def _validate_group_schema(node: DictConfig, path: str) -> list[str]:
+    """A plain group node checked by its schema function (e.g. ``backbone``), then its ``_target_`` nodes."""
+    try:
+        get_object(GROUP_SCHEMAS[path])(node)
+    except UserError as err:
+        return [str(err)]
+    problems: list[str] = []
+    for child_path, target_node in iter_target_nodes(node, path):
+        problems += _validate_target_node(target_node, child_path)
+    return problems
 
 
 def _target_signature(target: str) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:

@@ -1,7 +1,10 @@
-"""Full-ranking evaluation of a trained recommender on the validation or test split.
+"""Evaluation: rows -> ranked lists -> metrics, for any kind of recommender.
 
-Valid: training items are masked. Test: training and validation items are masked (METHODS.md 2.1). The top-K
-lists are computed once per split (batched over users) and every metric is derived from them.
+A split becomes :class:`EvalRows` (users of the general protocol, or next-item samples of the sequential
+one); :func:`rank` turns a model into top-K lists for those rows (full ranking of scores with masking, or the
+model's own ``recommend``), an optional post-processing stage may rerank them, and
+:func:`evaluate_ranking` computes every metric from the lists alone. For users, valid masks training items
+and test masks training and validation items (METHODS.md 2.1).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
 from fairbench.data.types import InteractionData, ItemGroups
 from fairbench.errors import UserError
@@ -32,6 +36,7 @@ class MetricConfig:
     utility: Literal["recall", "ndcg", "hr"] = "recall"
     group_normalization: Literal["relevant", "all"] = "relevant"
     group_kinds: list[str] = field(default_factory=lambda: ["pop", "genre"])
+    rows: Literal["auto", "user", "sample"] = "auto"
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
@@ -47,6 +52,39 @@ class SplitResult:
     groups: pd.DataFrame
 
 
+@dataclass
+class EvalRows:
+    """What is ranked on one split: one row per user (general protocol) or per next-item sample.
+
+    ``truth`` [R, I] holds each row's held-out items (a sample's target), ``exclude`` [R, I] the items never
+    recommended to it (for users: training items, plus validation items on test), and ``reference`` the
+    interactions whose column sums give item popularity (ARP, APLT) and GU's reference shares: the whole
+    training matrix for users, the rows' own histories for samples (IFairLRS, METHODS.md 2.3).
+    ``history`` [R, L] (samples only) is each row's history, left-padded with -1.
+    """
+
+    split: Literal["valid", "test"]
+    unit: Literal["user", "sample"]
+    users: np.ndarray
+    truth: sp.csr_matrix
+    exclude: sp.csr_matrix
+    reference: sp.csr_matrix
+    history: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass
+class Ranking:
+    """Top-K lists of every row of ``rows`` (int64 [R, K], best first, -1 padded); ``scores`` [R, K] when
+    the ranker gives them (rerankers may need them)."""
+
+    rows: EvalRows
+    items: np.ndarray
+    scores: np.ndarray | None = None
+
+
 def split_matrices(
     data: InteractionData, split: Literal["valid", "test"]
 ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -58,6 +96,86 @@ def split_matrices(
     raise ValueError(f"unknown split {split!r}")
 
 
+def evaluation_rows(
+    data: InteractionData, split: Literal["valid", "test"], unit: Literal["user", "sample"]
+) -> EvalRows:
+    """The rows of ``split``: users with held-out items, or the split's next-item samples.
+
+    Samples mask nothing (BIGRec ``evaluate.py`` ranks the whole catalogue; the sequential protocol's
+    targets are never in their own history).
+    """
+    if unit == "user":
+        truth, exclude = split_matrices(data, split)
+        users = np.flatnonzero(truth.getnnz(axis=1) > 0)
+        return EvalRows(split, "user", users, truth[users], exclude[users], data.train)
+    if not data.samples or split not in data.samples:
+        raise UserError(
+            "evaluation on next-item samples needs the sequential protocol: add dataset/protocol=sequential"
+        )
+    samples = data.samples[split]
+    n, n_items = len(samples), data.n_items
+    truth = sp.csr_matrix(
+        (np.ones(n, dtype=np.float32), samples.target.astype(np.int64), np.arange(n + 1)), shape=(n, n_items)
+    )
+    history = samples.history.astype(np.int64)
+    present = history >= 0
+    reference = sp.csr_matrix(
+        (
+            np.ones(int(present.sum()), dtype=np.float32),
+            history[present],
+            np.r_[0, np.cumsum(present.sum(1))],
+        ),
+        shape=(n, n_items),
+    )
+    reference.sum_duplicates()
+    reference.data[:] = 1.0
+    empty = sp.csr_matrix((n, n_items), dtype=np.float32)
+    return EvalRows(split, "sample", samples.user.astype(np.int64), truth, empty, reference, history)
+
+
+def row_unit(model: type[Recommender] | Recommender, cfg: MetricConfig) -> Literal["user", "sample"]:
+    """``metric.rows``: ``auto`` evaluates models trained on next-item samples on samples, others on users."""
+    if cfg.rows != "auto":
+        return cfg.rows
+    return "sample" if model.batch_unit == "sample" else "user"
+
+
+def rank(
+    model: Recommender, rows: EvalRows, k: int, batch_size: int = 1024, progress: bool = False
+) -> Ranking:
+    """Top-``k`` lists for ``rows``: ``model.recommend(rows, k)`` when the model recommends by itself
+    (e.g. generate and ground), else full ranking of its scores with ``rows.exclude`` masked.
+
+    Scores come from ``score_histories(history)`` for sample rows of a sequential model and from
+    ``scorer()(users)`` otherwise (a user model on sample rows scores each sample's user).
+    """
+    recommend = getattr(model, "recommend", None)
+    if callable(recommend):
+        return recommend(rows, k)
+    index = np.arange(len(rows))
+    if rows.unit == "sample" and callable(getattr(model, "score_histories", None)):
+        history = torch.from_numpy(rows.history)
+        score_history = model.score_histories
+
+        def score(batch: torch.Tensor) -> torch.Tensor:
+            return score_history(history[batch])
+
+    else:
+        users = torch.from_numpy(rows.users)
+        score_users = model.scorer()
+
+        def score(batch: torch.Tensor) -> torch.Tensor:
+            return score_users(users[batch])
+
+    items = full_ranking_topk(score, index, rows.exclude, k, batch_size, progress=progress)
+    return Ranking(rows, items)
+
+
+def evaluate_ranking(ranking: Ranking, groups: dict[str, ItemGroups], cfg: MetricConfig) -> SplitResult:
+    """Every metric of a ranking (:func:`metrics_from_topk` over its rows' truth and reference)."""
+    return metrics_from_topk(ranking.items, ranking.rows.truth, ranking.rows.reference, groups, cfg)
+
+
 def evaluate_split(
     model: Recommender,
     data: InteractionData,
@@ -67,11 +185,9 @@ def evaluate_split(
     batch_size: int = 1024,
     progress: bool = False,
 ) -> SplitResult:
-    """Rank all items for every user with held-out items in ``split`` and compute all metrics."""
-    truth, exclude = split_matrices(data, split)
-    users = np.flatnonzero(truth.getnnz(axis=1) > 0)
-    topk = full_ranking_topk(model.scorer(), users, exclude, max(cfg.ks), batch_size, progress=progress)
-    return metrics_from_topk(topk, truth[users], data.train, groups, cfg)
+    """Rank ``split``'s rows with ``model`` and compute all metrics (the validation step of training)."""
+    rows = evaluation_rows(data, split, row_unit(model, cfg))
+    return evaluate_ranking(rank(model, rows, max(cfg.ks), batch_size, progress), groups, cfg)
 
 
 def metrics_from_topk(

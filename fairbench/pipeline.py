@@ -1,10 +1,15 @@
-"""One experiment, top to bottom.
+"""One experiment, top to bottom, as stage functions with plain data between them.
 
-    config -> dataset (protocol, split) -> item groups -> LM item vectors (cached)
-           -> recommender trained under a fairness method (early stopping on valid)
-           -> full ranking -> metrics -> run directory files + tracker
+    prepare   config -> dataset (protocol, split) -> item groups -> model inputs (LM item vectors, cached)
+              -> model, fairness method, post-processor                              (:class:`Experiment`)
+    train     the model under its method, early stopping on validation            (:class:`FitResult`)
+    rank      top-K lists for the validation and test rows                          (:class:`Ranking`)
+    postprocess  a reranker fitted on the validation ranking, applied to both
+    evaluate  metrics of each split's lists                                       (:class:`SplitResult`)
+    report    metrics.json, groups.csv, history.csv, plot, tracker, printed table
 
-Each stage is a function with plain data in and out; this file only wires them.
+:func:`run` is those calls in order; scripts and tests call the stages they need. Nothing here reaches back
+up: each stage gets what it needs as arguments.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ import hashlib
 import json
 import logging
 import os
-import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,20 +29,86 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from fairbench.backbones import item_vectors
-from fairbench.config import build, check_config
+from fairbench.capabilities import check_compatibility
+from fairbench.config import check_config
 from fairbench.data import build_item_groups, load_dataset
+from fairbench.data.types import InteractionData, ItemGroups
 from fairbench.errors import UserError
-from fairbench.evaluation import MetricConfig, available_group_kinds, evaluate_split
+from fairbench.evaluation import (
+    MetricConfig,
+    Ranking,
+    SplitResult,
+    available_group_kinds,
+    evaluate_ranking,
+    evaluate_split,
+    evaluation_rows,
+    rank,
+    row_unit,
+)
 from fairbench.methods.base import FairnessMethod
 from fairbench.models.base import Recommender
+from fairbench.postprocess.base import PostProcessor
 from fairbench.report.loggers import RunLogger
 from fairbench.report.results import plot_group_utilities, print_results, write_csv, write_json
-from fairbench.training import TrainerConfig, fit
+from fairbench.runtime import build, resolve_device, seed_everything
+from fairbench.training import FitResult, TrainerConfig, fit
 
 log = logging.getLogger(__name__)
 
-GROUP_KIND_ALIASES = {"popularity": "pop", "pop": "pop", "genre": "genre"}
+#: config keys that do not change a run's trajectory up to where it stopped: a run may be resumed with
+#: other values (e.g. more epochs); everything else must match the checkpoint's config
+RESUMABLE_KEYS = (
+    "ckpt_path",
+    "device",
+    "paths",
+    "logger",
+    "hydra",
+    "trainer.max_epochs",
+    "trainer.patience",
+    "trainer.progress",
+    "trainer.checkpoint",
+    "trainer.checkpoint_every",
+    "trainer.eval_batch_size",
+    "postprocess",
+)
+
+
+@dataclass
+class Inputs:
+    """The data side of a run: the processed dataset, its item groups and the LM item vectors (if used)."""
+
+    data: InteractionData
+    groups: dict[str, ItemGroups]
+    item_vectors: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Experiment:
+    """Everything a run needs, built from its config by :func:`prepare`."""
+
+    cfg: DictConfig
+    inputs: Inputs
+    model: Recommender
+    method: FairnessMethod
+    postprocessor: PostProcessor
+    trainer: TrainerConfig
+    metric: MetricConfig
+    device: torch.device
+
+    @property
+    def data(self) -> InteractionData:
+        return self.inputs.data
+
+    @property
+    def groups(self) -> dict[str, ItemGroups]:
+        return self.inputs.groups
+
+    @property
+    def method_groups(self) -> ItemGroups | None:
+        """The item groups the method balances, or None."""
+        kind = self.method.group_kind
+        return self.groups[kind] if kind is not None else None
 
 
 @dataclass
@@ -50,64 +121,48 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but no CUDA device is available; use device=cpu or device=auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"device={name!r} is not a torch device (auto, cpu, cuda, cuda:N)") from err
-
-
 def config_fingerprint(cfg: DictConfig) -> str:
-    """Hash of what determines the trajectory of a run (everything but epochs, patience and logging)."""
-    keep = {
-        key: OmegaConf.to_container(cfg[key], resolve=True)
-        for key in ("dataset", "backbone", "model", "method", "metric")
-    }
-    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-    keep["trainer"] = {
-        k: v for k, v in trainer.items() if k in ("batch_size", "lr", "weight_decay", "eval_every")
-    }
-    keep["seed"] = cfg.seed
+    """Hash of the config without :data:`RESUMABLE_KEYS`: what determines the trajectory of a run."""
+    keep = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(keep, dict)
+    for key in RESUMABLE_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        node = keep.get(parent, {}) if parent else keep
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def method_group_kind(method_cfg: DictConfig) -> str | None:
-    """The item-group kind a fairness method balances (``method.groups``), or None."""
-    value = method_cfg.get("groups")
-    if value is None:
-        return None
-    if value not in GROUP_KIND_ALIASES:
-        raise UserError(f"method.groups={value!r}: choose popularity or genre")
-    return GROUP_KIND_ALIASES[value]
-
-
-def run(cfg: DictConfig, run_dir: Path, logger: RunLogger | None = None) -> RunResult:
-    """Run one experiment described by ``cfg``; files go to ``run_dir``."""
+def check_before_work(cfg: DictConfig) -> None:
+    """Everything that can be checked from the config alone: keys and types of every node, the values the
+    constructors check, and that model, method and post-processor fit together (no data is loaded)."""
     check_config(cfg)
-    logger = logger or RunLogger()
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    cache_dir, data_dir = Path(cfg.paths.cache_dir).expanduser(), Path(cfg.paths.data_dir).expanduser()
-    trainer_cfg: TrainerConfig = build(cfg.trainer)
-    metric_cfg: MetricConfig = build(cfg.metric)
-    timings: dict[str, float] = {}
+    trainer: TrainerConfig = build(cfg.trainer)
+    build(cfg.metric)
+    method: FairnessMethod = build(cfg.method)
+    method.group_kind  # noqa: B018 - validates method.groups
+    if method.combines_gradients and trainer.custom_update:
+        raise UserError(
+            f"method {type(method).__name__} combines gradients in its own update step, so trainer "
+            f"{', '.join(trainer.custom_update)} cannot apply; leave them at their defaults (1, 32, null)"
+        )
+    postprocessor: PostProcessor = build(cfg.postprocess)
+    model_cls = get_object(cfg.model._target_)
+    name = OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None)
+    check_compatibility(model_cls, method, postprocessor, model_name=name)
 
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def load_inputs(cfg: DictConfig, device: str = "cpu", progress: bool = False, vectors: bool = True) -> Inputs:
+    """Dataset (cached), item groups, and the LM item vectors when the model consumes them (cached;
+    ``vectors=False`` skips them)."""
+    cache_dir, data_dir = Path(cfg.paths.cache_dir).expanduser(), Path(cfg.paths.data_dir).expanduser()
     started = time.perf_counter()
     data = load_dataset(cfg.dataset, cache_dir=cache_dir, data_dir=data_dir)
     groups = build_item_groups(data, cfg.dataset.groups)
-    metric_cfg.group_kinds = available_group_kinds(metric_cfg, groups)
-    timings["data"] = time.perf_counter() - started
+    inputs = Inputs(data, groups, timings={"data": time.perf_counter() - started})
     log.info(
         "dataset %s: %d users, %d items, %d train interactions",
         data.name,
@@ -115,76 +170,171 @@ def run(cfg: DictConfig, run_dir: Path, logger: RunLogger | None = None) -> RunR
         data.n_items,
         data.train.nnz,
     )
+    if vectors and getattr(get_object(cfg.model._target_), "uses_text_vectors", False):
+        from fairbench.backbones import item_vectors
 
-    model_cls = get_object(cfg.model._target_)
-    runtime_args: dict = {"train": data.train}
-    if getattr(model_cls, "uses_text_vectors", False):
         started = time.perf_counter()
-        runtime_args["item_vectors"] = item_vectors(
-            cfg.backbone,
-            data.items,
-            cache_dir=cache_dir,
-            device=str(device),
-            show_progress=trainer_cfg.progress,
+        inputs.item_vectors = item_vectors(
+            cfg.backbone, data.items, cache_dir=cache_dir, device=device, show_progress=progress
         )
-        timings["embedding"] = time.perf_counter() - started
+        inputs.timings["embedding"] = time.perf_counter() - started
+    return inputs
 
+
+def prepare(cfg: DictConfig, inputs: Inputs | None = None) -> Experiment:
+    """Check the config, load the inputs (or reuse ``inputs``) and build model, method and post-processor."""
+    check_before_work(cfg)
+    seed_everything(cfg.seed)
+    device = torch.device(resolve_device(cfg.device))
+    trainer: TrainerConfig = build(cfg.trainer)
+    metric: MetricConfig = build(cfg.metric)
+    inputs = inputs or load_inputs(cfg, str(device), trainer.progress)
+    metric.group_kinds = available_group_kinds(metric, inputs.groups)
+    model_cls = get_object(cfg.model._target_)
+    runtime: dict = {"train": inputs.data.train}
+    if model_cls.batch_unit == "sample":
+        runtime = {"data": inputs.data}
+    if model_cls.uses_text_vectors:
+        runtime["item_vectors"] = inputs.item_vectors
     torch.manual_seed(cfg.seed)
-    model: Recommender = build(cfg.model, **runtime_args)
+    model: Recommender = build(cfg.model, **runtime)
     method: FairnessMethod = build(cfg.method)
-    kind = method_group_kind(cfg.method)
-    if kind is not None and kind not in groups:
-        raise UserError(f"method.groups asks for {kind} groups but the dataset builds only {sorted(groups)}")
-    method_groups = groups[kind] if kind is not None else None
+    kind = method.group_kind
+    if kind is not None and kind not in inputs.groups:
+        raise UserError(
+            f"method.groups asks for {kind} groups but the dataset builds only {sorted(inputs.groups)}"
+        )
+    return Experiment(cfg, inputs, model, method, build(cfg.postprocess), trainer, metric, device)
 
-    def validate(current: Recommender) -> dict[str, float]:
-        return evaluate_split(current, data, "valid", groups, metric_cfg, trainer_cfg.eval_batch_size).metrics
+
+def train(
+    exp: Experiment,
+    run_dir: Path | None = None,
+    logger: RunLogger | None = None,
+    validate: bool = True,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Fit the model under its method; validation metrics select the best state (never test).
+
+    ``validate=False`` skips validation (benchmarks: the monitor is a constant, the last state is kept);
+    ``run_dir`` None writes no checkpoint.
+    """
+
+    def validation_metrics(current: Recommender) -> dict[str, float]:
+        if not validate:
+            return {exp.trainer.monitor: 0.0}
+        return evaluate_split(
+            current, exp.data, "valid", exp.groups, exp.metric, exp.trainer.eval_batch_size
+        ).metrics
 
     def on_evaluation(epoch: int, row: dict[str, float]) -> None:
-        logger.log_metrics({k: v for k, v in row.items() if k != "epoch"} | {"epoch": epoch}, step=epoch)
+        if logger is not None:
+            logger.log_metrics({k: v for k, v in row.items() if k != "epoch"} | {"epoch": epoch}, step=epoch)
 
-    started = time.perf_counter()
-    fitted = fit(
-        model,
-        method,
-        data.train,
-        trainer_cfg,
-        validate,
-        seed=cfg.seed,
+    method_groups = exp.method_groups
+    return fit(
+        exp.model,
+        exp.method,
+        exp.data.train,
+        exp.trainer,
+        validation_metrics,
+        seed=exp.cfg.seed,
         item_groups=torch.from_numpy(method_groups.membership.astype(np.float32)) if method_groups else None,
         group_names=method_groups.names if method_groups else None,
-        device=device,
-        checkpoint_dir=run_dir / "checkpoints",
-        resume_from=Path(cfg.ckpt_path) if cfg.ckpt_path else None,
-        fingerprint=config_fingerprint(cfg),
+        device=exp.device,
+        checkpoint_dir=run_dir / "checkpoints" if run_dir is not None else None,
+        resume_from=Path(exp.cfg.ckpt_path) if exp.cfg.ckpt_path else None,
+        fingerprint=config_fingerprint(exp.cfg),
         on_evaluation=on_evaluation,
-        train_timestamps=data.train_timestamps,
+        on_epoch_end=on_epoch_end,
+        train_timestamps=exp.data.train_timestamps,
+        samples=(exp.data.samples or {}).get("train"),
     )
-    timings["training"] = time.perf_counter() - started
-    timings["seconds_per_epoch"] = fitted.seconds_per_epoch
 
-    started = time.perf_counter()
-    final = dict(batch_size=trainer_cfg.eval_batch_size, progress=trainer_cfg.progress)
-    valid = evaluate_split(model, data, "valid", groups, metric_cfg, **final)
-    test = evaluate_split(model, data, "test", groups, metric_cfg, **final)
-    timings["evaluation"] = time.perf_counter() - started
 
-    metrics = {f"valid/{k}": v for k, v in valid.metrics.items()}
-    metrics |= {f"test/{k}": v for k, v in test.metrics.items()}
+def rank_splits(exp: Experiment) -> dict[str, Ranking]:
+    """Validation and test rankings, deep enough for the post-processor."""
+    depth = exp.postprocessor.candidates(max(exp.metric.ks))
+    unit = row_unit(exp.model, exp.metric)
+    return {
+        split: rank(
+            exp.model,
+            evaluation_rows(exp.data, split, unit),
+            depth,
+            exp.trainer.eval_batch_size,
+            exp.trainer.progress,
+        )
+        for split in ("valid", "test")
+    }
+
+
+def postprocess(exp: Experiment, rankings: dict[str, Ranking]) -> dict[str, Ranking]:
+    """Fit the post-processor on the validation ranking, then rerank every split."""
+    exp.postprocessor.fit(rankings["valid"], exp.groups, exp.metric)
+    k = max(exp.metric.ks)
+    return {split: exp.postprocessor.apply(ranking, k) for split, ranking in rankings.items()}
+
+
+def evaluate(exp: Experiment, rankings: dict[str, Ranking]) -> dict[str, SplitResult]:
+    """Metrics of every split's lists."""
+    return {split: evaluate_ranking(ranking, exp.groups, exp.metric) for split, ranking in rankings.items()}
+
+
+def collect_metrics(
+    exp: Experiment, results: dict[str, SplitResult], fitted: FitResult, timings: dict[str, float]
+) -> dict[str, float]:
+    """The run's flat metrics: ``valid/*``, ``test/*``, ``train/*``, ``postprocess/*``, ``time/*``."""
+    metrics: dict[str, float] = {}
+    for split, result in results.items():
+        metrics |= {f"{split}/{k}": v for k, v in result.metrics.items()}
     metrics |= {
         "train/best_epoch": fitted.best_epoch,
         "train/epochs": fitted.epochs_run,
         "train/stopped_early": float(fitted.stopped_early),
     }
-    metrics |= {f"time/{k}": v for k, v in timings.items()}
-    group_table = pd.concat([valid.groups.assign(split="valid"), test.groups.assign(split="test")])
+    metrics |= {f"postprocess/{k}": v for k, v in exp.postprocessor.chosen().items()}
+    return metrics | {f"time/{k}": v for k, v in timings.items()}
+
+
+def report(
+    run_dir: Path,
+    metrics: dict[str, float],
+    results: dict[str, SplitResult],
+    fitted: FitResult,
+    metric: MetricConfig,
+    logger: RunLogger,
+) -> RunResult:
+    """metrics.json, groups.csv, history.csv and group_utilities.png; the tracker; the printed table."""
+    group_table = pd.concat([result.groups.assign(split=split) for split, result in results.items()])
     history = pd.DataFrame(fitted.history)
-    write_outputs(run_dir, metrics, group_table, history, metric_cfg)
+    write_outputs(run_dir, metrics, group_table, history, metric)
     logger.log_summary(metrics)
     logger.log_table("groups", group_table)
     logger.log_image("group_utilities", run_dir / "group_utilities.png")
-    print_results(metrics, metric_cfg.ks, metric_cfg.group_kinds, run_dir)
-    return RunResult(metrics=metrics, groups=group_table, history=history, timings=timings)
+    print_results(metrics, metric.ks, metric.group_kinds, run_dir)
+    return RunResult(metrics=metrics, groups=group_table, history=history)
+
+
+def run(cfg: DictConfig, run_dir: Path, logger: RunLogger | None = None) -> RunResult:
+    """Run one experiment described by ``cfg``; files go to ``run_dir``."""
+    logger = logger or RunLogger()
+    exp = prepare(cfg)
+    timings = dict(exp.inputs.timings)
+
+    started = time.perf_counter()
+    fitted = train(exp, run_dir, logger)
+    timings["training"] = time.perf_counter() - started
+    timings["seconds_per_epoch"] = fitted.seconds_per_epoch
+
+    started = time.perf_counter()
+    rankings = postprocess(exp, rank_splits(exp))
+    results = evaluate(exp, rankings)
+    timings["evaluation"] = time.perf_counter() - started
+
+    metrics = collect_metrics(exp, results, fitted, timings)
+    result = report(run_dir, metrics, results, fitted, exp.metric, logger)
+    result.timings = timings
+    return result
 
 
 def write_outputs(

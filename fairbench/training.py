@@ -1,7 +1,18 @@
-"""The training loop: batches of (user, positive) pairs, method-owned updates, early stopping on validation.
+"""The training loop: batches from the model's batch source, method-defined updates, early stopping on
+validation.
 
-A model with ``batch_unit = "user"`` (MultVAE) is trained on batches of users instead: every user with at
-least one training item is one sample, batches carry ``users`` only and the per-sample loss is per user.
+What one sample is comes from the model (:mod:`fairbench.batches`: interaction pairs with negatives, whole
+users, or next-item samples). A loss-combining method returns an objective and the trainer does backward
+and step, with gradient accumulation (``accumulate_grad_batches``: micro-batch losses are scaled by their
+share of the accumulated samples, so the step equals the one of a single batch of all of them), mixed
+precision (``precision``: ``32``, ``bf16`` autocast on CPU or GPU, ``16-mixed`` autocast with a gradient
+scaler on CUDA) and gradient clipping (``gradient_clip``, max global L2 norm). A gradient-combining method
+owns its step (:meth:`fairbench.methods.base.FairnessMethod.training_step`) and the three options must stay
+at their defaults.
+
+Model selection: ``monitor`` (a validation metric or loss) is maximised or minimised (``monitor_mode``);
+the best state, and every checkpoint, hold what the model declares trainable
+(:meth:`fairbench.models.base.Recommender.trainable_state_dict`), never a frozen LLM.
 
 Determinism: the order of the training samples and the sampled negatives of epoch ``e`` come from a
 generator seeded with (seed, e) alone, and a model's own randomness (SGL views, XSimGCL noise, MultVAE
@@ -11,14 +22,15 @@ checkpoint reproduces the uninterrupted run exactly.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,13 +38,18 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from fairbench.batches import NegativeSampler, batch_source
+from fairbench.data.types import SequentialSamples
 from fairbench.errors import UserError
 from fairbench.methods.base import FairnessMethod, TrainContext
 from fairbench.models.base import Batch, Recommender
 
+__all__ = ["FitResult", "NegativeSampler", "TrainerConfig", "epoch_generator", "fit", "model_seed"]
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+Precision = Literal[32, "32", "bf16", "16-mixed"]
 
 
 @dataclass
@@ -43,19 +60,59 @@ class TrainerConfig:
     patience: int = 20
     eval_every: int = 1
     monitor: str = "recall@20"
+    monitor_mode: Literal["max", "min"] = "max"
     batch_size: int = 4096
     lr: float = 5e-4
     weight_decay: float = 0.0
+    accumulate_grad_batches: int = 1
+    precision: Precision = "32"
+    gradient_clip: float | None = None
     eval_batch_size: int = 1024
     progress: bool = True
     checkpoint: bool = True
+    checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("max_epochs", "patience", "eval_every", "batch_size", "eval_batch_size"):
+        for name in (
+            "max_epochs",
+            "patience",
+            "eval_every",
+            "batch_size",
+            "eval_batch_size",
+            "accumulate_grad_batches",
+            "checkpoint_every",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"trainer.lr must be > 0, got {self.lr}")
+        if self.monitor_mode not in ("max", "min"):
+            raise UserError(f"trainer.monitor_mode must be max or min, got {self.monitor_mode!r}")
+        self.precision = str(self.precision)  # type: ignore[assignment]
+        if self.precision not in ("32", "bf16", "16-mixed"):
+            raise UserError(f"trainer.precision must be 32, bf16 or 16-mixed, got {self.precision!r}")
+        if self.gradient_clip is not None and self.gradient_clip <= 0:
+            raise UserError(f"trainer.gradient_clip must be > 0 or null, got {self.gradient_clip}")
+
+    @property
+    def custom_update(self) -> list[str]:
+        """The options a method that owns its step cannot honour, when set away from their defaults."""
+        changed = []
+        if self.accumulate_grad_batches != 1:
+            changed.append(f"accumulate_grad_batches={self.accumulate_grad_batches}")
+        if self.precision != "32":
+            changed.append(f"precision={self.precision}")
+        if self.gradient_clip is not None:
+            changed.append(f"gradient_clip={self.gradient_clip}")
+        return changed
+
+    def improved(self, score: float, best: float) -> bool:
+        """Whether ``score`` beats ``best`` in the direction of ``monitor_mode``."""
+        return score > best if self.monitor_mode == "max" else score < best
+
+    @property
+    def worst_score(self) -> float:
+        return -math.inf if self.monitor_mode == "max" else math.inf
 
 
 @dataclass
@@ -70,48 +127,6 @@ class FitResult:
     seconds_per_epoch: float = 0.0
 
 
-class NegativeSampler:
-    """Uniform negatives excluding each user's training items, by vectorised rejection sampling.
-
-    A candidate (u, i) is rejected when it is a training pair; rejected slots are redrawn until none is left
-    (AlphaRec samples negatives uniformly outside the user's items). Membership is looked up in a dense
-    [U, I] bitmap when that fits in ``dense_limit`` cells, else by binary search over the sorted keys u*I + i.
-    """
-
-    def __init__(self, train: sp.csr_matrix, max_rounds: int = 100, dense_limit: int = 1 << 26) -> None:
-        coo = train.tocoo()
-        n_users, self.n_items = train.shape
-        self.max_rounds = max_rounds
-        self.dense: torch.Tensor | None = None
-        if n_users * self.n_items <= dense_limit:
-            self.dense = torch.zeros(n_users, self.n_items, dtype=torch.bool)
-            self.dense[
-                torch.from_numpy(coo.row.astype(np.int64)), torch.from_numpy(coo.col.astype(np.int64))
-            ] = True
-        keys = coo.row.astype(np.int64) * self.n_items + coo.col.astype(np.int64)
-        self.keys = torch.from_numpy(np.sort(keys))
-
-    def is_training_pair(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        if self.dense is not None:
-            return self.dense[users, items]
-        keys = users * self.n_items + items
-        position = torch.searchsorted(self.keys, keys).clamp_(max=len(self.keys) - 1)
-        return self.keys[position] == keys
-
-    def sample(self, users: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Negatives [B, n] for users [B]."""
-        negatives = torch.randint(0, self.n_items, (len(users), n), generator=generator)
-        flat = negatives.view(-1)
-        owners = users.repeat_interleave(n)
-        pending = torch.arange(flat.numel())
-        for _ in range(self.max_rounds):
-            pending = pending[self.is_training_pair(owners[pending], flat[pending])]
-            if pending.numel() == 0:
-                break
-            flat[pending] = torch.randint(0, self.n_items, (pending.numel(),), generator=generator)
-        return negatives
-
-
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The random stream of one epoch, a function of (seed, epoch) only."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
@@ -123,6 +138,67 @@ def model_seed(seed: int, epoch: int) -> int:
     Independent of :func:`epoch_generator`, so models that use it do not change the pair order or negatives.
     """
     return int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0])
+
+
+class Updater:
+    """Backward, accumulation, precision, clipping and optimiser steps for loss-combining methods.
+
+    Micro-batch ``j`` of an accumulation window of samples N_w contributes (n_j / N_w) * loss_j, so a
+    window's gradient is that of the mean loss over all its samples, whatever the micro-batch sizes.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        optimizers: dict[str, torch.optim.Optimizer],
+        device: torch.device,
+        batch_sizes: list[int],
+    ) -> None:
+        self.cfg, self.optimizers, self.device = cfg, optimizers, device
+        if cfg.precision == "16-mixed" and device.type != "cuda":
+            raise UserError("trainer.precision=16-mixed needs a CUDA device; use bf16 (or 32) on CPU")
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "16-mixed" else None
+        # samples in the accumulation window of every micro-batch of an epoch
+        window = cfg.accumulate_grad_batches
+        sizes = np.asarray(batch_sizes, dtype=np.float64)
+        totals = np.add.reduceat(sizes, np.arange(0, len(sizes), window)) if len(sizes) else sizes
+        self.window_samples = np.repeat(totals, window)[: len(sizes)]
+        self.n_steps = len(sizes)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        if self.cfg.precision == "16-mixed":
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def step(self, method: FairnessMethod, model: Recommender, batch: Batch, step: int, n: int) -> dict:
+        """Forward and backward of micro-batch ``step`` (``n`` samples); an optimiser step at a window end."""
+        window = self.cfg.accumulate_grad_batches
+        if step % window == 0:
+            for optimizer in self.optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            objective = method.objective(model, batch)
+        loss = objective.loss.float() * (n / self.window_samples[step])
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if (step + 1) % window == 0 or step + 1 == self.n_steps:
+            if self.scaler is not None:
+                for optimizer in self.optimizers.values():
+                    self.scaler.unscale_(optimizer)
+            if self.cfg.gradient_clip is not None:
+                groups = [g for optimizer in self.optimizers.values() for g in optimizer.param_groups]
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in groups for p in g["params"]], self.cfg.gradient_clip
+                )
+            for optimizer in self.optimizers.values():
+                if self.scaler is not None:
+                    self.scaler.step(optimizer)
+                else:
+                    optimizer.step()
+            if self.scaler is not None:
+                self.scaler.update()
+        return objective.stats
 
 
 def fit(
@@ -140,45 +216,52 @@ def fit(
     resume_from: Path | None = None,
     fingerprint: str = "",
     on_evaluation: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
     train_timestamps: np.ndarray | None = None,
+    samples: SequentialSamples | None = None,
 ) -> FitResult:
-    """Train ``model`` with ``method`` and restore the parameters with the best validation ``cfg.monitor``.
+    """Train ``model`` with ``method`` and restore the trainable state with the best validation monitor.
 
     ``evaluate(model)`` returns validation metrics (keys such as ``recall@20``); it must not look at test.
     ``fingerprint`` identifies the run's config; resuming from a checkpoint of another config is refused.
-    ``train_timestamps`` (aligned with ``train.indices``) reach methods that need them (``needs_timestamps``).
+    ``train_timestamps`` (aligned with ``train.indices``) reach methods that need them (``needs_timestamps``);
+    ``samples`` are the training samples of models with ``batch_unit = "sample"``.
+    ``on_epoch_end(epoch)`` is called after every epoch's updates (timing, before any evaluation).
     """
     device = torch.device(device)
-    sample_items: torch.Tensor | None
-    if model.batch_unit == "user":
-        sample_users = torch.from_numpy(np.flatnonzero(train.getnnz(axis=1) > 0).astype(np.int64))
-        sample_items = None
-        batch_size = model.users_per_batch or cfg.batch_size
-    else:
-        coo = train.tocoo()
-        sample_users = torch.from_numpy(coo.row.astype(np.int64))
-        sample_items = torch.from_numpy(coo.col.astype(np.int64))
-        batch_size = cfg.batch_size
-    n_samples = len(sample_users)
-    steps_per_epoch = math.ceil(n_samples / batch_size)
-    sampler = NegativeSampler(train) if model.num_negatives > 0 and sample_items is not None else None
-    groups_on_device = item_groups.to(device) if item_groups is not None else None
+    result = FitResult(best_score=cfg.worst_score)
+    if not model.needs_training:
+        model.to(device).eval()
+        return result
+    batch_size = cfg.batch_size if model.batch_unit != "user" else (model.users_per_batch or cfg.batch_size)
+    source = batch_source(
+        model.batch_unit,
+        batch_size,
+        train,
+        num_negatives=model.num_negatives,
+        timestamps=train_timestamps,
+        samples=samples,
+    )
+    steps_per_epoch = source.steps_per_epoch
+    if method.combines_gradients and cfg.custom_update:
+        raise UserError(
+            f"{type(method).__name__} combines gradients in its own update step, so trainer "
+            f"{', '.join(cfg.custom_update)} cannot apply; leave them at their defaults (1, 32, null)"
+        )
     if method.needs_groups and item_groups is None:
         raise UserError(f"{type(method).__name__} needs item groups (set method.groups)")
-    if method.needs_groups and sample_items is None:
+    if method.needs_groups and source.sample_items is None:
         raise UserError(
             f"{type(method).__name__} needs the item group of every training sample, but "
             f"{type(model).__name__} trains on whole users (one sample = one user's row, no positive item); "
             "use it with a method that needs no groups (e.g. method=erm) or choose a pair-based model"
         )
-    pair_timestamps = None
-    if train_timestamps is not None and sample_items is not None:
-        pair_timestamps = torch.from_numpy(np.asarray(train_timestamps, dtype=np.float64))
-    if method.needs_timestamps and pair_timestamps is None:
+    if method.needs_timestamps and source.sample_timestamps is None:
         raise UserError(
             f"{type(method).__name__} needs the timestamp of every training interaction, which this "
-            "dataset (or a model trained on whole users) does not provide"
+            "dataset (or a model trained on whole users or samples) does not provide"
         )
+    groups_on_device = item_groups.to(device) if item_groups is not None else None
 
     model.to(device)
     method.setup(
@@ -193,18 +276,19 @@ def fit(
             max_epochs=cfg.max_epochs,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
-            train_items=sample_items.to(device) if sample_items is not None else None,
-            train_timestamps=pair_timestamps,
+            train_items=source.sample_items.to(device) if source.sample_items is not None else None,
+            train_timestamps=source.sample_timestamps,
         ),
     )
     optimizers = method.configure_optimizers(model)
+    sizes = [min(batch_size, source.n_samples - s * batch_size) for s in range(steps_per_epoch)]
+    updater = None if method.combines_gradients else Updater(cfg, optimizers, device, sizes)
 
-    result = FitResult()
-    best_state = _copy_state(model)
+    best_state = trainable_copy(model)
     bad_evaluations, start_epoch = 0, 0
     if resume_from is not None:
         state = load_checkpoint(resume_from, fingerprint)
-        model.load_state_dict(state["model"])
+        model.load_trainable_state_dict(state["model"])
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         method.load_state_dict(state["method"])
@@ -216,7 +300,27 @@ def fit(
         if bad_evaluations >= cfg.patience:
             start_epoch = cfg.max_epochs  # that run had already stopped early
 
+    def checkpoint(epoch: int, improved: bool) -> None:
+        save_checkpoint(
+            checkpoint_dir,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "fingerprint": fingerprint,
+                "epoch": epoch,
+                "model": trainable_copy(model),
+                "best_model": best_state,
+                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                "method": method.state_dict(),
+                "history": result.history,
+                "best_epoch": result.best_epoch,
+                "best_score": result.best_score,
+                "bad_evaluations": bad_evaluations,
+            },
+            improved=improved,
+        )
+
     train_seconds = 0.0
+    evaluations = 0
     epochs = tqdm(
         range(start_epoch, cfg.max_epochs), desc="epochs", disable=not cfg.progress, dynamic_ncols=True
     )
@@ -224,28 +328,26 @@ def fit(
         started = time.perf_counter()
         model.train()
         generator = epoch_generator(seed, epoch)
-        order = torch.randperm(n_samples, generator=generator)
+        order = torch.randperm(source.n_samples, generator=generator)
         model.on_epoch_start(epoch, model_seed(seed, epoch))
         loss_sum = 0.0
-        for step in range(steps_per_epoch):
-            index = order[step * batch_size : (step + 1) * batch_size]
-            users = sample_users[index]
-            batch: Batch = {"users": users}
-            if sample_items is not None:
-                batch["pos_items"] = sample_items[index]
-            if sampler is not None:
-                batch["neg_items"] = sampler.sample(users, model.num_negatives, generator)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            if groups_on_device is not None and sample_items is not None:
+        for step, batch in enumerate(_batches(source, order, generator, device)):
+            index = batch.pop("_index")
+            if groups_on_device is not None and "pos_items" in batch:
                 batch["groups"] = groups_on_device[batch["pos_items"]]
-            if method.needs_timestamps and pair_timestamps is not None:
-                batch["timestamps"] = pair_timestamps[index].to(device)
+            if method.needs_timestamps and source.sample_timestamps is not None:
+                batch["timestamps"] = source.sample_timestamps[index].to(device)
             model.on_train_step(epoch * steps_per_epoch + step)
-            stats = method.training_step(model, batch, optimizers)
+            if updater is not None:
+                stats = updater.step(method, model, batch, step, len(index))
+            else:
+                stats = method.training_step(model, batch, optimizers)
             if not math.isfinite(stats["loss"]):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch}, step {step}")
             loss_sum += stats["loss"] * len(index)
         method.on_epoch_end(epoch)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
         train_seconds += time.perf_counter() - started
         result.epochs_run += 1
 
@@ -260,19 +362,20 @@ def fit(
                 + ", ".join(sorted(metrics))
             )
         score = metrics[cfg.monitor]
-        if score > result.best_score:
+        improved = cfg.improved(score, result.best_score)
+        if improved:
             result.best_score, result.best_epoch, bad_evaluations = score, epoch, 0
-            best_state = _copy_state(model)
+            best_state = trainable_copy(model)
         else:
             bad_evaluations += 1
         if bad_evaluations >= cfg.patience and method.start_next_phase(epoch):
-            model.load_state_dict(best_state)  # the next phase starts from the best parameters so far
+            model.load_trainable_state_dict(best_state)  # the next phase starts from the best state so far
             bad_evaluations = 0
-        row = {"epoch": epoch, "train/loss": loss_sum / n_samples} | {
+        row = {"epoch": epoch, "train/loss": loss_sum / source.n_samples} | {
             f"valid/{k}": v for k, v in metrics.items()
         }
         result.history.append(row)
-        epochs.set_postfix(loss=f"{row['train/loss']:.4f}", **{cfg.monitor: f"{score:.4f}"})
+        epochs.set_postfix({"train loss": f"{row['train/loss']:.4f}", f"valid {cfg.monitor}": f"{score:.4f}"})
         if not cfg.progress:  # without progress bars, one log line per evaluation shows the run is alive
             log.info(
                 "epoch %d: train loss %.4f, valid %s %.4f (best %.4f at epoch %d), %.1f s/epoch",
@@ -286,37 +389,36 @@ def fit(
             )
         if on_evaluation is not None:
             on_evaluation(epoch, row)
-        if checkpoint_dir is not None and cfg.checkpoint:
-            save_checkpoint(
-                checkpoint_dir,
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "fingerprint": fingerprint,
-                    "epoch": epoch,
-                    "model": _copy_state(model),
-                    "best_model": best_state,
-                    "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-                    "method": method.state_dict(),
-                    "history": result.history,
-                    "best_epoch": result.best_epoch,
-                    "best_score": result.best_score,
-                    "bad_evaluations": bad_evaluations,
-                },
-                improved=result.best_epoch == epoch,
-            )
-        if bad_evaluations >= cfg.patience:
+        stopping = bad_evaluations >= cfg.patience
+        evaluations += 1
+        due = improved or evaluations % cfg.checkpoint_every == 0 or stopping or last_epoch
+        if checkpoint_dir is not None and cfg.checkpoint and due:
+            checkpoint(epoch, improved)
+        if stopping:
             result.stopped_early = True
             log.info("early stop at epoch %d (best epoch %d)", epoch, result.best_epoch)
             break
     epochs.close()
-    model.load_state_dict(best_state)
+    model.load_trainable_state_dict(best_state)
     model.eval()
     result.seconds_per_epoch = train_seconds / max(result.epochs_run, 1)
     return result
 
 
-def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in copy.copy(model.state_dict()).items()}
+def _batches(
+    source, order: torch.Tensor, generator: torch.Generator, device: torch.device
+) -> Iterator[Batch]:
+    """The epoch's batches in ``order``, on ``device``; ``_index`` holds the samples' indices (on CPU)."""
+    for step in range(source.steps_per_epoch):
+        index = order[step * source.batch_size : (step + 1) * source.batch_size]
+        batch = {k: v.to(device) for k, v in source.batch(index, generator).items()}
+        batch["_index"] = index
+        yield batch
+
+
+def trainable_copy(model: Recommender) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's trainable state (what checkpoints and the best state hold)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.trainable_state_dict().items()}
 
 
 def save_checkpoint(directory: Path, state: dict, improved: bool) -> None:

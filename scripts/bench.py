@@ -29,44 +29,30 @@ import time
 from pathlib import Path
 
 STAGE_CODE = r"""
-import json, resource, sys, time
-from pathlib import Path
+import json, resource, sys
 from fairbench.config import compose_config
+from fairbench.pipeline import evaluate, load_inputs, prepare, rank_splits, train
 stage, overrides = sys.argv[1], json.loads(sys.argv[2])
 cfg = compose_config(overrides)
-cache, data_dir = Path(cfg.paths.cache_dir).expanduser(), Path(cfg.paths.data_dir).expanduser()
-from fairbench.data import build_item_groups, load_dataset
 out = {}
-t = time.perf_counter()
-data = load_dataset(cfg.dataset, cache_dir=cache, data_dir=data_dir)
-groups = build_item_groups(data, cfg.dataset.groups)
-out["data_seconds"] = time.perf_counter() - t
-if stage.startswith("embed") or stage in ("train-epoch", "eval"):
-    from fairbench.backbones import item_vectors
-    t = time.perf_counter()
-    vectors = item_vectors(cfg.backbone, data.items, cache_dir=cache, device="cpu", show_progress=False)
-    out["embed_seconds"] = time.perf_counter() - t
+inputs = load_inputs(cfg, vectors=not stage.startswith("data"))
+out["data_seconds"] = inputs.timings["data"]
+if "embedding" in inputs.timings:
+    out["embed_seconds"] = inputs.timings["embedding"]
 if stage in ("train-epoch", "eval"):
-    import torch
-    from hydra.utils import instantiate
-    from fairbench.evaluation import evaluate_split
-    from fairbench.training import fit
-    torch.manual_seed(0)
-    model = instantiate(cfg.model, train=data.train, item_vectors=vectors)
-    method = instantiate(cfg.method)
-    trainer = instantiate(cfg.trainer)
-    metric = instantiate(cfg.metric)
+    exp = prepare(cfg, inputs)
+    exp.trainer.progress = False
     if stage == "train-epoch":
-        trainer.max_epochs, trainer.eval_every, trainer.progress = 3, 1000, False
-        result = fit(model, method, data.train, trainer, lambda m: {trainer.monitor: 0.0}, seed=0)
-        out["seconds_per_epoch"] = result.seconds_per_epoch
+        exp.trainer.max_epochs, exp.trainer.eval_every = 3, 1000
+        out["seconds_per_epoch"] = train(exp, validate=False).seconds_per_epoch
     else:
-        evaluate_split(model, data, "valid", groups, metric, trainer.eval_batch_size)  # warm-up
+        import time
+        evaluate(exp, rank_splits(exp))  # warm-up
         t = time.perf_counter()
-        evaluate_split(model, data, "valid", groups, metric, trainer.eval_batch_size)
-        evaluate_split(model, data, "test", groups, metric, trainer.eval_batch_size)
+        rankings = rank_splits(exp)
+        evaluate(exp, rankings)
         out["eval_seconds_valid_plus_test"] = time.perf_counter() - t
-        out["eval_users"] = int((data.test.getnnz(axis=1) > 0).sum())
+        out["eval_users"] = len(rankings["test"].rows)
 out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print("BENCH " + json.dumps(out))
 """

@@ -26,14 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 
-from fairbench.backbones import item_vectors
 from fairbench.config import compose_config, list_options
-from fairbench.data import build_item_groups, load_dataset
-from fairbench.pipeline import method_group_kind, resolve_device
-from fairbench.training import fit
+from fairbench.pipeline import Inputs, load_inputs, prepare, train
+from fairbench.runtime import resolve_device
 
 DEFAULT_METHODS = (
     "erm",
@@ -55,56 +52,31 @@ def split_entry(entry: str) -> tuple[str, list[str]]:
     return name, [f"method.{option}" for option in options]
 
 
-def epoch_seconds(entry: str, overrides: list[str], epochs: int, data, groups, vectors, device) -> dict:
+def epoch_seconds(entry: str, overrides: list[str], epochs: int, inputs: Inputs) -> dict:
     """Train method ``entry`` for 1 + ``epochs`` epochs; the per-epoch seconds after the warm-up epoch."""
     name, own = split_entry(entry)
     overrides = [*overrides, *own]
-    method_overrides = [o for o in overrides if not o.startswith("method.")]
-    cfg = compose_config([f"method={name}", *method_overrides])
+    cfg = compose_config([f"method={name}", *[o for o in overrides if not o.startswith("method.")]])
     OmegaConf.set_struct(cfg, False)
     for override in overrides:  # method options only where the method has them (e.g. groups)
         key, _, value = override.partition("=")
         if key.startswith("method.") and key[len("method.") :] in cfg.method:
             cfg.merge_with_dotlist([f"{key}={value}"])
-    trainer = instantiate(cfg.trainer)
-    trainer.max_epochs, trainer.eval_every, trainer.progress, trainer.checkpoint = (
-        epochs + 1,
-        10**9,
-        False,
-        False,
-    )
-    torch.manual_seed(cfg.seed)
-    runtime = {"item_vectors": vectors} if vectors is not None else {}
-    model = instantiate(cfg.model, train=data.train, **runtime)
-    method = instantiate(cfg.method)
-    kind = method_group_kind(cfg.method)
-    membership = torch.from_numpy(groups[kind].membership.astype(np.float32)) if kind else None
+    exp = prepare(cfg, inputs)
+    exp.trainer.max_epochs, exp.trainer.eval_every = epochs + 1, 10**9
+    exp.trainer.progress, exp.trainer.checkpoint = False, False
     stamps: list[float] = []
     cpu_stamps: list[float] = []
-    original_end = method.on_epoch_end
 
     def timed_end(epoch: int) -> None:
-        original_end(epoch)
         stamps.append(time.perf_counter())
         cpu_stamps.append(time.process_time())
 
-    method.on_epoch_end = timed_end  # type: ignore[method-assign]
-    fit(
-        model,
-        method,
-        data.train,
-        trainer,
-        lambda _: {trainer.monitor: 0.0},
-        seed=cfg.seed,
-        item_groups=membership,
-        group_names=groups[kind].names if kind else None,
-        device=device,
-        train_timestamps=data.train_timestamps,
-    )
+    train(exp, validate=False, on_epoch_end=timed_end)
     per_epoch, cpu_per_epoch = np.diff(stamps), np.diff(cpu_stamps)
     return {
         "method": entry,
-        "groups": kind,
+        "groups": exp.method.group_kind,
         "epochs_timed": len(per_epoch),
         "seconds_per_epoch": float(per_epoch.mean()),
         "seconds_per_epoch_min": float(per_epoch.min()),
@@ -148,22 +120,15 @@ def main() -> None:
         raise SystemExit(f"unknown methods {unknown}; choose from {list_options()['method']}")
 
     cfg = compose_config([o for o in overrides if not o.startswith("method.")])
-    device = resolve_device(cfg.device)
-    cache_dir, data_dir = Path(cfg.paths.cache_dir).expanduser(), Path(cfg.paths.data_dir).expanduser()
-    data = load_dataset(cfg.dataset, cache_dir=cache_dir, data_dir=data_dir)
-    groups = build_item_groups(data, cfg.dataset.groups)
-    vectors = None
-    if getattr(get_object(cfg.model._target_), "uses_text_vectors", False):
-        vectors = item_vectors(
-            cfg.backbone, data.items, cache_dir=cache_dir, device=str(device), show_progress=False
-        )
+    inputs = load_inputs(cfg)
+    device, data = resolve_device(cfg.device), inputs.data
 
     order = ["erm", *[m for m in methods if m != "erm"], "erm"]
     repeats: list[list[dict]] = []
     for repeat in range(args.repeats):
         rows = []
         for name in order:
-            row = epoch_seconds(name, overrides, args.epochs, data, groups, vectors, device)
+            row = epoch_seconds(name, overrides, args.epochs, inputs)
             rows.append(row)
             print(
                 f"  [{repeat + 1}/{args.repeats}] {name:<56} {row['seconds_per_epoch']:8.2f} s/epoch "

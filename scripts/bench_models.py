@@ -29,44 +29,28 @@ DEFAULT_MODELS = "mf,multvae,lightgcn,sgl,xsimgcl,linear,alpharec"
 
 MODEL_CODE = r"""
 import json, resource, sys, time
-from pathlib import Path
 import torch
-from hydra.utils import get_object, instantiate
-from fairbench.config import check_config, compose_config
-from fairbench.data import load_dataset
-from fairbench.pipeline import resolve_device, seed_everything
-from fairbench.training import fit
+from fairbench.config import compose_config
+from fairbench.pipeline import prepare, train
 
 overrides, epochs, threads = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 if threads > 0:
     torch.set_num_threads(threads)
-cfg = compose_config(overrides)
-check_config(cfg)
-seed_everything(cfg.seed)
-device = resolve_device(cfg.device)
-cache, data_dir = Path(cfg.paths.cache_dir).expanduser(), Path(cfg.paths.data_dir).expanduser()
-data = load_dataset(cfg.dataset, cache_dir=cache, data_dir=data_dir)
-kwargs = {"train": data.train}
-if getattr(get_object(cfg.model._target_), "uses_text_vectors", False):
-    from fairbench.backbones import item_vectors
-    kwargs["item_vectors"] = item_vectors(cfg.backbone, data.items, cache_dir=cache, show_progress=False)
-torch.manual_seed(cfg.seed)
-model = instantiate(cfg.model, **kwargs)
-trainer = instantiate(cfg.trainer)
+exp = prepare(compose_config(overrides))
+trainer, device = exp.trainer, exp.device
 trainer.max_epochs, trainer.eval_every = epochs, epochs + 1
 trainer.progress, trainer.checkpoint = False, False
 rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 if device.type == "cuda":
     torch.cuda.reset_peak_memory_stats(device)
 started, cpu_started = time.perf_counter(), time.process_time()
-result = fit(model, instantiate(cfg.method), data.train, trainer, lambda m: {trainer.monitor: 0.0},
-             seed=cfg.seed, device=device)
+result = train(exp, validate=False)
 out = {
     "seconds_per_epoch": result.seconds_per_epoch,
     "fit_seconds": time.perf_counter() - started,
     "cpu_seconds_per_epoch": (time.process_time() - cpu_started) / max(result.epochs_run, 1),
     "epochs": result.epochs_run,
-    "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    "parameters": sum(p.numel() for p in exp.model.parameters() if p.requires_grad),
     "device": str(device),
     "threads": torch.get_num_threads(),
     "peak_rss_before_fit_mb": rss_before,

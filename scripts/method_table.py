@@ -29,9 +29,8 @@ import pandas as pd
 from model_table import COLUMNS, parse_overrides, report_header, to_markdown, with_group_options
 from omegaconf import OmegaConf
 
+from fairbench.data.groups import GROUP_KIND_NAMES
 from fairbench.report.summary import summarize_sweep
-
-GROUP_KEYS = {"popularity": "pop", "pop": "pop", "genre": "genre"}
 
 
 def method_label(overrides: str) -> str:
@@ -53,7 +52,7 @@ def collect(sweep_dirs: list[Path]) -> pd.DataFrame:
         for job in frame["job"]:
             cfg = OmegaConf.load(sweep_dir / str(job) / ".hydra" / "config.yaml")
             kind = cfg.method.get("groups") if "groups" in cfg.method else None
-            groups.append(GROUP_KEYS.get(str(kind), "-") if kind is not None else "-")
+            groups.append(GROUP_KIND_NAMES.get(str(kind), "-") if kind is not None else "-")
             seeds.append(int(cfg.seed))
         frame.insert(0, "sweep", str(sweep_dir))
         frame["method"] = [method_label(text) for text in frame["overrides"]]

@@ -79,19 +79,6 @@ class TextEncoder(ABC):
         return vectors
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; a CUDA device without CUDA is a user error."""
-    if device == "cpu":
-        return device  # no torch import: a cached run on CPU stays light
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={device!r} was requested but CUDA is not available here; use device=cpu.")
-    return device
-
-
 def resolve_dtype_name(dtype: Dtype, device: str) -> str:
     """The concrete dtype name: ``auto`` is bfloat16 on a CUDA device and float32 elsewhere."""
     if dtype == "auto":

@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fairbench.backbones.base import TextEncoder, resolve_device
+from fairbench.backbones.base import TextEncoder
 from fairbench.backbones.templates import DEFAULT_TEMPLATE, render_item_texts
 from fairbench.errors import UserError
+from fairbench.runtime import build, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -88,20 +89,8 @@ def backbone_spec(backbone_cfg: Any) -> BackboneSpec:
 
 
 def build_encoder(encoder_cfg: Any, device: str = "cpu") -> TextEncoder:
-    """``hydra.utils.instantiate(encoder_cfg, device=device)``; lazy, so no weights are loaded here."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        encoder = instantiate(encoder_cfg, device=resolve_device(device))
-    except InstantiationException as error:
-        cause = error.__cause__
-        if isinstance(cause, UserError):
-            raise cause from None
-        raise UserError(f"backbone.encoder could not be built: {error}") from error
-    if not isinstance(encoder, TextEncoder):
-        raise UserError(f"backbone.encoder._target_ must build a TextEncoder, got {type(encoder).__name__}.")
-    return encoder
+    """The encoder of ``backbone.encoder`` on ``device``; lazy, so no weights are loaded here."""
+    return build(encoder_cfg, TextEncoder, "backbone.encoder", device=resolve_device(device))
 
 
 def cache_key(fingerprint: str, texts: list[str]) -> str:

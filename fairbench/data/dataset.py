@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from fairbench.data.cache import FORMAT_VERSION, cache_key, file_identity, load_processed, save_processed
 from fairbench.data.checks import clean_raw
@@ -28,10 +28,10 @@ from fairbench.data.issues import DataIssues, warn_issues
 from fairbench.data.protocols import GeneralProtocol, SplitProtocol
 from fairbench.data.types import InteractionData, RawInteractions
 from fairbench.errors import UserError
+from fairbench.runtime import build
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 # Fields that do not change the processed data (groups are built after the cache) and so do not key it.
 _UNKEYED_FIELDS = ("name", "path", "protocol", "groups", "download", "urls")
 
@@ -182,7 +182,7 @@ def load_dataset(
     ``<cache_dir>/datasets/<name>-<key>`` (see :mod:`fairbench.data.cache`); a corrupt or incomplete cache
     is rebuilt, as is any cache when ``rebuild``. ``info["cache"]`` says "hit" or "built".
     """
-    spec = instantiate_node(spec, DatasetSpec, "dataset")
+    spec = build(spec, DatasetSpec, "dataset", _convert_="all")
     cache_dir = Path(cache_dir).expanduser()
     files = spec.locate(cache_dir=cache_dir, data_dir=None if data_dir is None else Path(data_dir))
     payload = {
@@ -206,30 +206,3 @@ def load_dataset(
     data.info["cache_dir"] = str(directory)
     warn_issues(spec.name, data.info.get("issues"))
     return data
-
-
-def instantiate_node(node: Any, expected: type[T], where: str) -> T:
-    """``node`` if it already is an ``expected``; else build it from its ``_target_`` config node."""
-    if isinstance(node, expected):
-        return node
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
-    if not isinstance(node, Mapping) or "_target_" not in node:
-        raise UserError(f"{where}: expected a config node with _target_, got {node!r}")
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        built = instantiate(dict(node), _convert_="all")
-    except InstantiationException as err:
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise UserError(f"{where}: {err}") from err
-    if not isinstance(built, expected):
-        raise UserError(f"{where}._target_ builds a {type(built).__name__}, expected a {expected.__name__}")
-    return built

@@ -17,8 +17,21 @@ import pandas as pd
 
 from fairbench.data.types import InteractionData, ItemGroups
 from fairbench.errors import UserError
+from fairbench.runtime import build
 
 _EPS = 1e-9
+
+GROUP_KIND_NAMES = {"popularity": "pop", "pop": "pop", "genre": "genre"}
+"""What a config may call a group kind (``method.groups``) -> the key of :func:`build_item_groups`."""
+
+
+def group_kind(name: str | None, where: str = "method.groups") -> str | None:
+    """The item-group kind ``name`` stands for ("pop" or "genre"), or None for None."""
+    if name is None:
+        return None
+    if name not in GROUP_KIND_NAMES:
+        raise UserError(f"{where}={name!r}: choose popularity (or pop) or genre")
+    return GROUP_KIND_NAMES[name]
 
 
 @dataclass(kw_only=True)
@@ -136,9 +149,7 @@ class GroupsSpec:
 
 def build_item_groups(data: InteractionData, spec: GroupsSpec | Mapping[str, Any]) -> dict[str, ItemGroups]:
     """Item groupings of ``data`` as configured by ``spec`` (a :class:`GroupsSpec` or its config node)."""
-    from fairbench.data.dataset import instantiate_node
-
-    spec = instantiate_node(spec, GroupsSpec, "dataset.groups")
+    spec = build(spec, GroupsSpec, "dataset.groups", _convert_="all")
     groups: dict[str, ItemGroups] = {}
     if spec.popularity is not None:
         groups["pop"] = spec.popularity.build(data)

@@ -1,21 +1,24 @@
-"""The fairness-method seam: a method owns the optimisation step.
+"""The fairness-method seam: a method decides how per-sample losses become an update.
 
-The trainer builds batches and calls :meth:`FairnessMethod.training_step`; everything about how per-sample
-losses become an update lives in the method:
-- ERM and loss-weighting methods (Reweight, GroupDRO, DRORec, PopDRO, IFairLRS weights) only combine the
-  per-sample losses (:class:`LossWeightingMethod`);
-- gradient-combining methods (MultiFR, ITFR, BiFair's Frank-Wolfe weighting) compute per-group gradients in
-  their own ``training_step``;
-- bi-level methods (BiFair) build one optimiser per named parameter set and step them as they need.
+Two kinds, and the trainer needs no special case for either:
+- loss-combining methods (ERM, Reweight, GroupDRO, DRORec, IFairLRS weights) return an *objective* from
+  :meth:`FairnessMethod.objective` (:class:`LossWeightingMethod`: a weighted mean of per-sample losses); the
+  trainer differentiates it, so gradient accumulation, mixed precision and clipping
+  (``trainer.accumulate_grad_batches``, ``trainer.precision``, ``trainer.gradient_clip``) hold for all;
+- gradient-combining and bi-level methods (MultiFR, ITFR, PopDRO's trend gradients, BiFair) own the whole
+  step in :meth:`FairnessMethod.training_step`: per-group gradients, one optimiser per parameter set.
+What a method needs from a model is declared (:meth:`FairnessMethod.required_capabilities`) and checked
+against the model's class before any data is loaded (:mod:`fairbench.capabilities`).
 State that must survive a resume (e.g. GroupDRO's q) goes through ``state_dict``/``load_state_dict``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from fairbench.data.groups import group_kind
 from fairbench.models.base import Batch, Recommender
 
 
@@ -39,13 +42,48 @@ class TrainContext:
     train_timestamps: torch.Tensor | None = None
 
 
+@dataclass
+class Objective:
+    """What a loss-combining method returns for one batch: the scalar to differentiate and values to log
+    (at least ``loss``, the plain mean of the per-sample losses)."""
+
+    loss: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
 class FairnessMethod:
-    """Base class: one Adam optimiser over all trainable parameters, mean loss (ERM)."""
+    """Base class: one Adam optimiser over all trainable parameters."""
 
     #: whether batches must carry ``groups`` (membership of each positive item) [B, G]
     needs_groups: bool = False
     #: whether batches must carry ``timestamps`` [B] (float64 time of each training pair)
     needs_timestamps: bool = False
+    #: the item-group kind the method balances, as configured (``method.groups``); None = none
+    groups: str | None = None
+
+    @property
+    def group_kind(self) -> str | None:
+        """The key of the item groups this method balances ("pop" or "genre"), or None."""
+        return group_kind(self.groups)
+
+    @property
+    def combines_gradients(self) -> bool:
+        """True when the method owns the whole step (:meth:`training_step`) instead of an objective."""
+        return type(self).objective is FairnessMethod.objective
+
+    def required_capabilities(self) -> dict[str, str]:
+        """Model capabilities (:func:`fairbench.models.base.model_capabilities`) this method needs with its
+        current options, each with the reason shown when a model lacks it."""
+        needs = {}
+        if self.needs_groups:
+            needs["pair_samples"] = "needs the item group of every training sample"
+        if self.needs_timestamps:
+            needs["timestamps"] = "needs the time of every training interaction"
+        return needs
+
+    def objective(self, model: Recommender, batch: Batch) -> Objective:
+        """The objective of one batch (loss-combining methods); the trainer does backward and step."""
+        raise NotImplementedError
 
     def setup(self, model: Recommender, context: TrainContext) -> None:
         self.context = context
@@ -57,8 +95,9 @@ class FairnessMethod:
     def training_step(
         self, model: Recommender, batch: Batch, optimizers: dict[str, torch.optim.Optimizer]
     ) -> dict[str, float]:
-        """One update from one batch; returns scalars to log (at least ``loss``)."""
-        raise NotImplementedError
+        """One whole update from one batch (gradient-combining methods); returns scalars to log (at least
+        ``loss``)."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither objective nor training_step")
 
     def on_epoch_end(self, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called after every training epoch (0-based)."""
@@ -83,15 +122,11 @@ class LossWeightingMethod(FairnessMethod):
         """Weights [B] (treated as constants) for the per-sample losses [B]."""
         raise NotImplementedError
 
-    def training_step(
-        self, model: Recommender, batch: Batch, optimizers: dict[str, torch.optim.Optimizer]
-    ) -> dict[str, float]:
+    def objective(self, model: Recommender, batch: Batch) -> Objective:
+        """mean_s w_s l_s with the weights w_s = :meth:`sample_weights` held constant."""
         losses = model.sample_losses(batch)
-        weights = self.sample_weights(losses.detach(), batch).detach()
+        weights = self.sample_weights(losses.detach().float(), batch).detach()
         loss = (weights * losses).mean()
-        for optimizer in optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for optimizer in optimizers.values():
-            optimizer.step()
-        return {"loss": float(losses.detach().mean()), "weighted_loss": float(loss.detach())}
+        return Objective(
+            loss, {"loss": float(losses.detach().float().mean()), "weighted_loss": float(loss.detach())}
+        )

@@ -214,6 +214,13 @@ class BiFair(FairnessMethod):
     def name(self) -> str:
         return "bifair"
 
+    def required_capabilities(self) -> dict[str, str]:
+        needs = super().required_capabilities()
+        needs["trainable_text_vectors"] = "trains the LM item vectors Z as its outer variable"
+        if self.gradient_space == "representation":
+            needs["encoding_split"] = "gradient_space=representation needs the projector output R"
+        return needs
+
     def configure_optimizers(self, model: Recommender) -> dict[str, torch.optim.Optimizer]:
         optimizers = {
             "theta": torch.optim.AdamW(

@@ -136,6 +136,15 @@ class PopDRO(FairnessMethod):
         self.alpha, self.step_size, self.predict_strength = alpha, step_size, predict_strength
         self.env_k, self.p, self.activation, self.popularity_scores = env_k, p, activation, popularity_scores
 
+    def required_capabilities(self) -> dict[str, str]:
+        needs = super().required_capabilities()
+        if self.popularity_scores:
+            needs["score_adjustment"] = (
+                "its popularity-aware scores adjust the model's scores (set method.popularity_scores=false "
+                "to keep only the DRO part)"
+            )
+        return needs
+
     def setup(self, model: Recommender, context: TrainContext) -> None:
         super().setup(model, context)
         assert context.item_groups is not None

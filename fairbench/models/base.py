@@ -1,9 +1,17 @@
-"""The recommender seam every fairness method and the trainer rely on.
+"""The recommender seam every fairness method, the trainer and the ranking stage rely on.
 
 A recommender
 - names its trainable parameter sets (:meth:`parameter_sets`), e.g. ``projector`` and ``item_text_vectors``;
 - returns one loss per training sample (:meth:`sample_losses`), so methods can weight or group them;
-- scores all items for a batch of users (:meth:`scorer`) for full ranking.
+- says what one training sample is (``batch_unit``): a (user, positive item) pair, a user's whole row, or a
+  next-item sample (history, target) of the sequential protocol; the trainer builds batches accordingly;
+- ranks items for evaluation rows (:mod:`fairbench.evaluation`) in one of two ways: it scores all items
+  (:meth:`scorer` for users, :meth:`score_histories` for sequential samples: full ranking with masking),
+  or it recommends top-K lists itself (``recommend(rows, k)``, e.g. generate a title and ground it);
+- declares which of its state is trained (:meth:`trainable_state_dict`): checkpoints and the best-state copy
+  hold that only (a LoRA adapter, not the frozen LLM under it).
+What a model can do is summarised by :func:`model_capabilities`; methods and post-processors declare what
+they require, and :mod:`fairbench.capabilities` checks the two before any data is loaded.
 """
 
 from __future__ import annotations
@@ -30,10 +38,16 @@ class Recommender(nn.Module):
     uses_text_vectors: bool = False
     #: sampled negatives per (user, positive) the trainer attaches to each batch as ``neg_items``
     num_negatives: int = 0
-    #: what one training sample is: a (user, positive item) pair, or a user with all its training items
-    batch_unit: Literal["pair", "user"] = "pair"
+    #: what one training sample is: a (user, positive item) pair, a user with all its training items, or a
+    #: next-item sample of the sequential protocol (batches carry ``history`` [B, L] and the target as
+    #: ``pos_items``; the model needs ``data.samples``)
+    batch_unit: Literal["pair", "user", "sample"] = "pair"
     #: users per step for ``batch_unit == "user"``; None = ``trainer.batch_size`` users
     users_per_batch: int | None = None
+    #: False for models without trainable parameters (MostPop): the trainer does not run
+    needs_training: bool = True
+    #: whether a method may set ``score_adjustment`` (PopDRO's popularity-aware scores)
+    supports_score_adjustment: bool = False
 
     def on_epoch_start(self, epoch: int, seed: int) -> None:
         """Called by the trainer before every training epoch (0-based).
@@ -57,6 +71,53 @@ class Recommender(nn.Module):
     def scorer(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """A function mapping user indices [B] to scores over all items [B, I] (computed in eval mode)."""
         raise NotImplementedError
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state a checkpoint and the best-state copy must hold to restore training exactly.
+
+        Default: the whole ``state_dict`` (small recommenders). A model over a frozen LLM returns its adapter
+        only; :meth:`load_trainable_state_dict` must accept exactly what this returns.
+        """
+        return self.state_dict()
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`trainable_state_dict` returned."""
+        self.load_state_dict(state)
+
+
+def model_capabilities(model: type[Recommender] | Recommender) -> frozenset[str]:
+    """What a recommender class can do, from its declarations (no instance, no data needed):
+
+    - ``pair_samples``: every training sample has one positive item (group labels per sample exist);
+    - ``timestamps``: training samples are interactions with their own time (pair batches);
+    - ``text_vectors``: consumes LM item vectors; ``trainable_text_vectors``: they can be trained (BiFair Z);
+    - ``encoding_split``: ``encode`` / ``losses_from_encoding`` (representation-space gradients);
+    - ``score_adjustment``: accepts a score adjustment (PopDRO);
+    - ``full_ranking``: scores all items (``scorer`` or ``score_histories``); ``recommend``: returns top-K
+      lists itself; ``sequential``: trains and ranks on next-item samples.
+    """
+    cls = model if isinstance(model, type) else type(model)
+    caps = set()
+    if cls.batch_unit in ("pair", "sample"):
+        caps.add("pair_samples")
+    if cls.batch_unit == "pair":
+        caps.add("timestamps")
+    if cls.batch_unit == "sample":
+        caps.add("sequential")
+    if cls.uses_text_vectors:
+        caps.add("text_vectors")
+    if callable(getattr(cls, "set_text_vectors_trainable", None)):
+        caps.add("trainable_text_vectors")
+    if callable(getattr(cls, "encode", None)) and callable(getattr(cls, "losses_from_encoding", None)):
+        caps.add("encoding_split")
+    if cls.supports_score_adjustment:
+        caps.add("score_adjustment")
+    overrides_scorer = cls.scorer is not Recommender.scorer
+    if overrides_scorer or callable(getattr(cls, "score_histories", None)):
+        caps.add("full_ranking")
+    if callable(getattr(cls, "recommend", None)):
+        caps.add("recommend")
+    return frozenset(caps)
 
 
 def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

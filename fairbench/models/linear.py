@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from torch import nn
 
 from fairbench.errors import UserError
-from fairbench.models.alpharec import TextVectorRecommender
+from fairbench.models.text_vectors import TextVectorRecommender
 
 
 class Linear(TextVectorRecommender):

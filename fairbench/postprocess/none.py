@@ -1,0 +1,14 @@
+"""``postprocess=none``: the model's own lists are evaluated."""
+
+from __future__ import annotations
+
+from fairbench.evaluation import Ranking
+from fairbench.postprocess.base import PostProcessor
+
+
+class KeepRanking(PostProcessor):
+    """Identity: returns the first ``k`` items of each list."""
+
+    def apply(self, ranking: Ranking, k: int) -> Ranking:
+        scores = ranking.scores[:, :k] if ranking.scores is not None else None
+        return type(ranking)(ranking.rows, ranking.items[:, :k], scores)
