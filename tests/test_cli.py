@@ -3,38 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-FAIRBENCH = str(Path(sys.executable).parent / "fairbench")
-QUICK = ["trainer.max_epochs=2", "trainer.progress=false"]
-
-
-def fairbench(
-    *args: str, out: Path, env: dict | None = None, timeout: int = 600
-) -> subprocess.CompletedProcess:
-    out.mkdir(parents=True, exist_ok=True)
-    full_env = os.environ | {"FAIRBENCH_OUTPUTS": str(out), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
-    full_env.pop("WANDB_API_KEY", None)
-    return subprocess.run(
-        [FAIRBENCH, *args],
-        env=full_env | (env or {}),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=out,
-    )
-
-
-def single_run_dir(out: Path) -> Path:
-    (run_dir,) = [p.parent for p in out.glob("runs/*/*/metrics.json")]
-    return run_dir
+from tests.helpers.cli import QUICK, fairbench, single_run_dir
 
 
 @pytest.mark.parametrize(

@@ -12,20 +12,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from test_data_fixtures import (
-    amazon_meta,
-    amazon_review,
-    bigrec_samples,
-    interaction_rows,
-    sequences,
-    steam_game,
-    steam_review,
-    write_amazon,
-    write_bigrec,
-    write_gz_lines,
-    write_ml1m,
-    write_steam,
-)
 from typer.testing import CliRunner
 
 from fairbench.data import (
@@ -40,6 +26,20 @@ from fairbench.data import (
     load_dataset,
 )
 from fairbench.errors import UserError
+from tests.helpers.data_files import (
+    amazon_meta,
+    amazon_review,
+    bigrec_samples,
+    interaction_rows,
+    sequences,
+    steam_game,
+    steam_review,
+    write_amazon,
+    write_bigrec,
+    write_gz_lines,
+    write_ml1m,
+    write_steam,
+)
 
 SEQS = sequences(6, 10, 5)  # 30 interactions: the bad rows come after line 30 of the interaction file
 ROWS = interaction_rows(SEQS)

@@ -12,17 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_data_fixtures import (
-    amazon_meta,
-    bigrec_samples,
-    interaction_rows,
-    sequences,
-    steam_game,
-    write_amazon,
-    write_bigrec,
-    write_ml1m,
-    write_steam,
-)
 from typer.testing import CliRunner
 
 from fairbench.data import (
@@ -36,6 +25,17 @@ from fairbench.data import (
 )
 from fairbench.data.checks import clean_raw
 from fairbench.errors import UserError
+from tests.helpers.data_files import (
+    amazon_meta,
+    bigrec_samples,
+    interaction_rows,
+    sequences,
+    steam_game,
+    write_amazon,
+    write_bigrec,
+    write_ml1m,
+    write_steam,
+)
 
 SEQS = sequences(6, 10, 5)
 ROWS = interaction_rows(SEQS)

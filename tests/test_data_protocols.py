@@ -10,13 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from test_data_fixtures import (
-    bigrec_samples,
-    interaction_rows,
-    sequences,
-    write_bigrec,
-    write_ml1m,
-)
 
 from fairbench.data import (
     BigRecCSV,
@@ -31,6 +24,13 @@ from fairbench.data import (
 )
 from fairbench.data.cache import SPLITS_FILE
 from fairbench.errors import UserError
+from tests.helpers.data_files import (
+    bigrec_samples,
+    interaction_rows,
+    sequences,
+    write_bigrec,
+    write_ml1m,
+)
 
 SPLITS = ("train", "valid", "test")
 SEQS = sequences(20, 30, 12, seed=3)  # 20 users x 12 distinct items, 220 sliding-window samples

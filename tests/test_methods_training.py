@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,9 +22,7 @@ from fairbench.methods.popdro import PopDRO
 from fairbench.models.alpharec import AlphaRec
 from fairbench.models.base import Recommender, sampled_info_nce
 from fairbench.training import TrainerConfig, fit
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_cli import fairbench as run_cli  # noqa: E402 - the subprocess helper of the CLI tests
+from tests.helpers.cli import fairbench as run_cli
 
 METHODS = ["erm", "reweight", "groupdro", "drorec", "popdro", "multifr", "itfr", "bifair", "bifair_separate"]
 N_USERS, N_ITEMS = 24, 30

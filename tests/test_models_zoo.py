@@ -30,15 +30,13 @@ from fairbench.models.multvae import MultVAE, multvae_losses
 from fairbench.models.sgl import SGL, contrastive_shares, edge_dropout_adjacency
 from fairbench.models.xsimgcl import XSimGCL
 from fairbench.training import TrainerConfig, fit, model_seed
+from tests.helpers.toy import random_train as toy_train
 
 N_USERS, N_ITEMS = 12, 15
 
 
 def random_train(n_users: int = N_USERS, n_items: int = N_ITEMS, density: float = 0.3, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    dense = (rng.random((n_users, n_items)) < density).astype(np.float32)
-    dense[np.arange(n_users), rng.integers(0, n_items, n_users)] = 1
-    return sp.csr_matrix(dense)
+    return toy_train(n_users, n_items, density, seed)
 
 
 def item_vectors(n_items: int = N_ITEMS, dim: int = 10) -> np.ndarray:

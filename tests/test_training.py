@@ -3,19 +3,12 @@
 import logging
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from fairbench.methods.erm import ERM
 from fairbench.models.alpharec import AlphaRec
 from fairbench.training import NegativeSampler, TrainerConfig, epoch_generator, fit
-
-
-def random_train(n_users=30, n_items=40, density=0.3, seed=0) -> sp.csr_matrix:
-    rng = np.random.default_rng(seed)
-    dense = (rng.random((n_users, n_items)) < density).astype(np.float32)
-    dense[np.arange(n_users), rng.integers(0, n_items, n_users)] = 1
-    return sp.csr_matrix(dense)
+from tests.helpers.toy import random_train
 
 
 def test_negatives_never_hit_training_items_and_are_deterministic():

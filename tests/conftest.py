@@ -1,0 +1,9 @@
+"""Settings every test shares. Helpers live in tests/helpers/ (imported as ``tests.helpers.*``)."""
+
+from __future__ import annotations
+
+import os
+
+# In-process runs log to wandb offline only; the CLI tests set the same for their subprocesses.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
