@@ -37,7 +37,7 @@ def popularity_counts(data: InteractionData, popularity: str) -> np.ndarray:
     """Counts c_i, int64 [I], of ``popularity`` ("interactions" or "targets"; see the module docstring)."""
     if popularity == "interactions":
         return data.train_counts()  # column sums of the binary training matrix
-    sequential_samples_length(data, "mostpop model.popularity=targets")
+    sequential_samples_length(data, "model.popularity=targets")
     return np.bincount(data.samples["train"].target, minlength=data.n_items).astype(np.int64)
 
 

@@ -2,7 +2,7 @@
 
 A history of item indices s_1..s_T (oldest to newest, left-padded with -1) is embedded as
 
-    E_t = sqrt(d) * M[s_t] + P[t],      M [I + 1, d] item embeddings (row 0 = padding), P [T, d] positions,
+    E_t = sqrt(d) * M[s_t] + P[t],      M [I + 1, d] item embeddings (row 0 = padding), P [max_len, d],
 
 then dropout, and padding positions are set to zero. ``n_blocks`` blocks follow, each (paper Sec. III-C,
 g(x) = x + Dropout(g(LayerNorm(x))), the "Pre-LN" block of pmixer/SASRec.pytorch with ``norm_first``):
@@ -37,15 +37,15 @@ The settings of issue 11 are the defaults: 2 blocks, 1 head, hidden 64, dropout 
 MovieLens-1M, 0.5 on the sparse datasets), max length = the protocol's ``history_length`` (BIGRec's 10).
 The codes' optimiser is Adam lr 1e-3 (beta2 0.98), batches of 128, and no L2 (``l2_emb`` 0; see
 ``trainer.weight_decay``). Weight matrices and embeddings are Xavier-normal (pmixer/SASRec.pytorch), biases
-and LayerNorms PyTorch's defaults. Dropout and
-negatives come from a generator seeded by the trainer for every epoch (:meth:`on_epoch_start`), so
-training and resuming are deterministic; they are active only in training mode, never in
-:meth:`score_histories`.
+and LayerNorms PyTorch's defaults. Dropout masks and ``bce`` negatives come from a generator seeded by the
+trainer for every epoch (:meth:`on_epoch_start`), so training and resuming are deterministic. Dropout acts
+in training mode only (``model.train()``), never in :meth:`score_histories`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -56,6 +56,7 @@ from fairbench.errors import UserError
 from fairbench.models.base import Batch, Recommender, seeded_generator
 
 LOSSES = ("ce", "bce")
+Dropout = Callable[[torch.Tensor], torch.Tensor]
 #: rounds of redrawing a ``bce`` negative that hit the sample's own items
 NEGATIVE_REDRAWS = 20
 
@@ -74,12 +75,11 @@ def check_interaction_data(data: object, model: str) -> InteractionData:
     return data
 
 
-def sequential_samples_length(data: InteractionData, model: str) -> int:
-    """The protocol's ``history_length``; a :class:`UserError` when the dataset has no next-item samples."""
+def sequential_samples_length(data: InteractionData, what: str) -> int:
+    """The protocol's ``history_length``; a :class:`UserError` naming ``what`` when there are no samples."""
     if not data.samples or "train" not in data.samples:
         raise UserError(
-            f"model={model} trains on next-item samples: use dataset/protocol=sequential "
-            f"(dataset {data.name} has none)"
+            f"{what} needs next-item samples: use dataset/protocol=sequential (dataset {data.name} has none)"
         )
     return data.samples["train"].history_length
 
@@ -95,7 +95,7 @@ class SelfAttentionBlock(nn.Module):
         self.forward_norm = nn.LayerNorm(dim, eps=1e-8)
         self.inner, self.outer = nn.Linear(dim, dim), nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, drop) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, drop: Dropout) -> torch.Tensor:
         """x [B, T, d]; allowed [B, T, T] (query, key) bool; ``drop`` applies dropout to a tensor."""
         batch, length, dim = x.shape
         h = self.attention_norm(x)
@@ -129,7 +129,7 @@ class SASRec(Recommender):
     ) -> None:
         super().__init__()
         data = check_interaction_data(data, "SASRec")
-        history_length = sequential_samples_length(data, "sasrec")
+        history_length = sequential_samples_length(data, "model=sasrec")
         if loss not in LOSSES:
             raise UserError(f"model.loss must be one of {list(LOSSES)}, got {loss!r}")
         for name, value in (("hidden_dim", hidden_dim), ("n_blocks", n_blocks), ("n_heads", n_heads)):
