@@ -198,7 +198,7 @@ def test_sasrec_learns_a_deterministic_next_item_rule(back):
     model = SASRec(data, hidden_dim=32, dropout=0.1)
     optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
     model.train()
-    for step in range(120):
+    for step in range(100):
         model.on_epoch_start(step, step)
         history, target = rule_batch(128)
         loss = model.sample_losses(
