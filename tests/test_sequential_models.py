@@ -17,6 +17,7 @@ from fairbench.errors import UserError
 from fairbench.metrics import full_ranking_topk
 from fairbench.models.mostpop import MostPop
 from fairbench.models.sasrec import SASRec
+from fairbench.runtime import build
 
 N_USERS, N_ITEMS, LENGTH = 6, 15, 5
 
@@ -263,7 +264,7 @@ def test_mostpop_ranks_by_training_counts_with_ties_by_item_index():
 
 def test_shipped_configs_instantiate_both_models_with_runtime_data():
     data = sequential_data()
-    sasrec = instantiate(compose_config(["model=sasrec"]).model, data=data)
+    sasrec = build(compose_config(["model=sasrec"]).model, data=data)
     assert isinstance(sasrec, SASRec) and sasrec.max_len == LENGTH and sasrec.loss == "ce"
     assert (sasrec.hidden_dim, len(sasrec.blocks), sasrec.blocks[0].n_heads, sasrec.dropout) == (
         64,
@@ -272,11 +273,11 @@ def test_shipped_configs_instantiate_both_models_with_runtime_data():
         0.2,
     )
     cfg = compose_config(["model=sasrec", "model.loss=bce", "model.max_len=3"])
-    assert instantiate(cfg.model, data=data).max_len == 3
+    assert build(cfg.model, data=data).max_len == 3
     assert (cfg.trainer.lr, cfg.trainer.batch_size) == (1e-3, 128)
-    mostpop = instantiate(compose_config(["model=mostpop", "model.popularity=targets"]).model, data=data)
+    mostpop = build(compose_config(["model=mostpop", "model.popularity=targets"]).model, data=data)
     assert isinstance(mostpop, MostPop) and mostpop.popularity == "targets"
-    # without `_convert_: object` Hydra would hand the model a DictConfig copy of the dataclass
+    # a plain hydra instantiate would hand the model a DictConfig copy of the dataclass: a clear error
     plain = OmegaConf.create({"_target_": "fairbench.models.mostpop.MostPop"})
-    with pytest.raises(Exception, match="_convert_: object"):
+    with pytest.raises(Exception, match="InteractionData"):
         instantiate(plain, data=data)

@@ -23,7 +23,7 @@ the public codes' left-padded sequences of length ``max_len``; longer histories 
 The score of item i after a history is the last position's hidden state F_T dotted with its embedding,
 r_i = F_T . M[i + 1] (shared input/output embedding, paper Sec. III-D). Training losses per sample:
 
-- ``ce`` (default; as issue 11 and e.g. RecBole's ``loss_type=CE``): full-softmax cross-entropy over all items
+- ``ce`` (default; as e.g. RecBole's ``loss_type=CE``): full-softmax cross-entropy over all items
   of the last position, l = -log softmax(r)_target;
 - ``bce`` (the paper and both public codes): every item position t of the history is trained to predict the
   next item (the history's next item, or the target at the last position) against one sampled negative,
@@ -33,7 +33,7 @@ r_i = F_T . M[i + 1] (shared input/output embedding, paper Sec. III-D). Training
   one row per user, while a sequential-protocol sample is one sliding window, so with ``bce`` a transition
   is seen by up to ``max_len`` windows.
 
-The settings of issue 11 are the defaults: 2 blocks, 1 head, hidden 64, dropout 0.2 (the paper: 0.2 on
+fairbench's defaults: 2 blocks, 1 head, hidden 64, dropout 0.2 (the paper: 0.2 on
 MovieLens-1M, 0.5 on the sparse datasets), max length = the protocol's ``history_length`` (BIGRec's 10).
 The codes' optimiser is Adam lr 1e-3 (beta2 0.98), batches of 128, and no L2 (``l2_emb`` 0; see
 ``trainer.weight_decay``). Weight matrices and embeddings are Xavier-normal (pmixer/SASRec.pytorch), biases
@@ -64,13 +64,13 @@ NEGATIVE_REDRAWS = 20
 def check_interaction_data(data: object, model: str) -> InteractionData:
     """``data`` if it is an :class:`InteractionData`; a clear error for what Hydra may hand over instead.
 
-    ``hydra.utils.instantiate(node, data=data)`` turns a dataclass instance into a DictConfig unless the
-    node has ``_convert_: object`` (conf/model/sasrec.yaml and mostpop.yaml set it).
+    :func:`fairbench.runtime.build` hands run-time objects to the constructor unchanged; a plain
+    ``hydra.utils.instantiate(node, data=data)`` would turn the dataclass into a DictConfig.
     """
     if not isinstance(data, InteractionData):
         raise TypeError(
-            f"{model} needs data: InteractionData, got {type(data).__name__} (with hydra.utils.instantiate, "
-            "the model node needs `_convert_: object`)"
+            f"{model} needs data: InteractionData, got {type(data).__name__} (build the model with "
+            "fairbench.runtime.build, which passes run-time objects unchanged)"
         )
     return data
 
