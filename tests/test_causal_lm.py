@@ -26,7 +26,12 @@ from fairbench.backbones.causal_lm import (
 )
 from fairbench.errors import UserError
 from fairbench.models.grounding import last_token_embeddings
-from tests.helpers.tiny_lm import tiny_backbone, tiny_lm_dir, tokenizer_dir  # noqa: F401  (fixtures)
+from tests.helpers.tiny_lm import (  # noqa: F401  (fixtures)
+    single_thread,
+    tiny_backbone,
+    tiny_lm_dir,
+    tokenizer_dir,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "fairbench" / "conf" / "backbone" / "smollm2-135m.yaml"
 
@@ -180,7 +185,7 @@ def test_bad_target_module_lists_the_layers(tiny_backbone):  # noqa: F811
         tiny_backbone.attach_lora(LoRASettings(target_modules=("query",)))
 
 
-def test_adapter_state_round_trip_through_safetensors(tmp_path, tiny_lm_dir):  # noqa: F811
+def test_adapter_state_round_trip_through_safetensors(tmp_path, tiny_lm_dir, single_thread):  # noqa: F811
     first = CausalLMBackbone(model=str(tiny_lm_dir))
     model = first.attach_lora(LoRASettings(r=4, alpha=8, dropout=0.0))
     _perturb_lora(model, seed=3)

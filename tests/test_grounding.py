@@ -11,7 +11,7 @@ import torch
 from fairbench.backbones.causal_lm import LoRASettings, adapters_disabled
 from fairbench.errors import UserError
 from fairbench.models.grounding import ground_topk, last_token_embeddings, left_pad, normalised_popularity
-from tests.helpers.tiny_lm import tiny_backbone, tiny_lm_dir, tokenizer_dir  # noqa: F401  (fixtures)
+from tests.helpers.tiny_lm import single_thread, tiny_backbone, tiny_lm_dir, tokenizer_dir  # noqa: F401  (fixtures)
 
 
 def brute_force(queries: np.ndarray, items: np.ndarray, k: int, scores: np.ndarray | None = None):

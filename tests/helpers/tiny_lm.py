@@ -10,6 +10,7 @@ Use the fixtures with ``from tests.helpers.tiny_lm import tiny_backbone, tiny_lm
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -109,8 +110,23 @@ def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -
 
 
 @pytest.fixture
-def tiny_backbone(tiny_lm_dir: Path) -> CausalLMBackbone:
-    """A freshly loaded :class:`CausalLMBackbone` on the tiny model (float32, CPU)."""
+def single_thread() -> Iterator[None]:
+    """Run torch on one thread for the test, then restore the previous count.
+
+    Tiny matrices gain nothing from several threads, and on a busy 2-core machine the thread pool's waiting
+    made beam search on the tiny model ~15x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_backbone(tiny_lm_dir: Path, single_thread: None) -> CausalLMBackbone:
+    """A freshly loaded :class:`CausalLMBackbone` on the tiny model (float32, CPU, one torch thread)."""
     backbone = CausalLMBackbone(model=str(tiny_lm_dir), dtype="float32")
     backbone.load()
     return backbone
