@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -78,11 +78,14 @@ class EvalRows:
 @dataclass
 class Ranking:
     """Top-K lists of every row of ``rows`` (int64 [R, K], best first, -1 padded); ``scores`` [R, K] when
-    the ranker gives them (rerankers may need them)."""
+    the ranker gives them (rerankers may need them). A generative model adds what it generated per row
+    (``details``, written to generations.jsonl for test) and what re-grounding needs (``grounding``)."""
 
     rows: EvalRows
     items: np.ndarray
     scores: np.ndarray | None = None
+    details: list[dict[str, Any]] | None = None
+    grounding: Any = None
 
 
 def split_matrices(

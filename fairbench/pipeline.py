@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,7 @@ from fairbench.methods.base import FairnessMethod
 from fairbench.models.base import Recommender
 from fairbench.postprocess.base import PostProcessor
 from fairbench.report.loggers import RunLogger
-from fairbench.report.results import plot_group_utilities, print_results, write_csv, write_json
+from fairbench.report.results import plot_group_utilities, print_results, write_csv, write_json, write_jsonl
 from fairbench.runtime import build, resolve_device, seed_everything
 from fairbench.training import FitResult, TrainerConfig, fit
 
@@ -80,6 +81,8 @@ class Inputs:
     data: InteractionData
     groups: dict[str, ItemGroups]
     item_vectors: np.ndarray | None = None
+    #: the loaded causal LM of models that fine-tune one (it also embedded the item vectors)
+    lm: Any = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -150,6 +153,16 @@ def check_before_work(cfg: DictConfig) -> None:
     model_cls = get_object(cfg.model._target_)
     name = OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None)
     check_compatibility(model_cls, method, postprocessor, model_name=name)
+    if getattr(model_cls, "uses_causal_lm", False):
+        from fairbench.backbones.causal_lm import CausalLMBackbone
+
+        encoder = get_object(str(OmegaConf.select(cfg, "backbone.encoder._target_", default="")))
+        if not (isinstance(encoder, type) and issubclass(encoder, CausalLMBackbone)):
+            raise UserError(
+                f"model {name or model_cls.__name__} fine-tunes a causal LM, but backbone "
+                f"{cfg.backbone.get('name')} is a text encoder ({cfg.backbone.encoder._target_}); "
+                "choose a causal LM backbone, e.g. backbone=smollm2-135m"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -170,12 +183,22 @@ def load_inputs(cfg: DictConfig, device: str = "cpu", progress: bool = False, ve
         data.n_items,
         data.train.nnz,
     )
-    if vectors and getattr(get_object(cfg.model._target_), "uses_text_vectors", False):
+    model_cls = get_object(cfg.model._target_)
+    if getattr(model_cls, "uses_causal_lm", False):
+        from fairbench.backbones import build_encoder
+
+        inputs.lm = build_encoder(cfg.backbone.encoder, device)  # loaded once: embeds, then is fine-tuned
+    if vectors and getattr(model_cls, "uses_text_vectors", False):
         from fairbench.backbones import item_vectors
 
         started = time.perf_counter()
         inputs.item_vectors = item_vectors(
-            cfg.backbone, data.items, cache_dir=cache_dir, device=device, show_progress=progress
+            cfg.backbone,
+            data.items,
+            cache_dir=cache_dir,
+            device=device,
+            show_progress=progress,
+            encoder=inputs.lm,
         )
         inputs.timings["embedding"] = time.perf_counter() - started
     return inputs
@@ -196,6 +219,12 @@ def prepare(cfg: DictConfig, inputs: Inputs | None = None) -> Experiment:
         runtime = {"data": inputs.data}
     if model_cls.uses_text_vectors:
         runtime["item_vectors"] = inputs.item_vectors
+    if getattr(model_cls, "uses_causal_lm", False):
+        if inputs.lm is None:
+            from fairbench.backbones import build_encoder
+
+            inputs.lm = build_encoder(cfg.backbone.encoder, str(device))
+        runtime["lm"] = inputs.lm
     torch.manual_seed(cfg.seed)
     model: Recommender = build(cfg.model, **runtime)
     method: FairnessMethod = build(cfg.method)
@@ -223,6 +252,9 @@ def train(
     def validation_metrics(current: Recommender) -> dict[str, float]:
         if not validate:
             return {exp.trainer.monitor: 0.0}
+        validation_loss = getattr(current, "validation_loss", None)
+        if callable(validation_loss) and exp.trainer.monitor == "loss":
+            return {"loss": validation_loss()}  # ranking the validation samples each epoch is not needed
         return evaluate_split(
             current, exp.data, "valid", exp.groups, exp.metric, exp.trainer.eval_batch_size
         ).metrics
@@ -332,6 +364,8 @@ def run(cfg: DictConfig, run_dir: Path, logger: RunLogger | None = None) -> RunR
     timings["evaluation"] = time.perf_counter() - started
 
     metrics = collect_metrics(exp, results, fitted, timings)
+    if rankings["test"].details is not None:
+        write_jsonl(run_dir / "generations.jsonl", rankings["test"].details)
     result = report(run_dir, metrics, results, fitted, exp.metric, logger)
     result.timings = timings
     return result

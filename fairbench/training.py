@@ -67,6 +67,8 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     precision: Precision = "32"
     gradient_clip: float | None = None
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    warmup_steps: int = 0
     eval_batch_size: int = 1024
     progress: bool = True
     checkpoint: bool = True
@@ -93,6 +95,10 @@ class TrainerConfig:
             raise UserError(f"trainer.precision must be 32, bf16 or 16-mixed, got {self.precision!r}")
         if self.gradient_clip is not None and self.gradient_clip <= 0:
             raise UserError(f"trainer.gradient_clip must be > 0 or null, got {self.gradient_clip}")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise UserError(f"trainer.lr_schedule must be constant or linear, got {self.lr_schedule!r}")
+        if self.warmup_steps < 0:
+            raise UserError(f"trainer.warmup_steps must be >= 0, got {self.warmup_steps}")
 
     @property
     def custom_update(self) -> list[str]:
@@ -104,7 +110,22 @@ class TrainerConfig:
             changed.append(f"precision={self.precision}")
         if self.gradient_clip is not None:
             changed.append(f"gradient_clip={self.gradient_clip}")
+        if self.lr_schedule != "constant" or self.warmup_steps:
+            changed.append(f"lr_schedule={self.lr_schedule}, warmup_steps={self.warmup_steps}")
         return changed
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """Learning-rate multiplier of the ``step``-th optimiser step (0-based) of ``total``.
+
+        Warm-up: step / warmup_steps while step < warmup_steps (the first step has lr 0, as in the
+        Hugging Face Trainer's ``get_linear_schedule_with_warmup``, which BIGRec uses); then 1 (constant) or
+        (total - step) / (total - warmup_steps) (linear decay to 0).
+        """
+        if step < self.warmup_steps:
+            return step / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return 1.0
+        return max(0.0, (total - step) / max(1, total - self.warmup_steps))
 
     def improved(self, score: float, best: float) -> bool:
         """Whether ``score`` beats ``best`` in the direction of ``monitor_mode``."""
@@ -164,6 +185,9 @@ class Updater:
         totals = np.add.reduceat(sizes, np.arange(0, len(sizes), window)) if len(sizes) else sizes
         self.window_samples = np.repeat(totals, window)[: len(sizes)]
         self.n_steps = len(sizes)
+        self.windows_per_epoch = len(totals)
+        self.total_windows = self.windows_per_epoch * cfg.max_epochs
+        self.base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers.values()]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.precision == "bf16":
@@ -172,7 +196,18 @@ class Updater:
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
-    def step(self, method: FairnessMethod, model: Recommender, batch: Batch, step: int, n: int) -> dict:
+    def set_learning_rates(self, epoch: int, step: int) -> None:
+        """lr = base lr x ``lr_factor`` of this window's optimiser step (a function of epoch and step, so a
+        resumed run follows the same schedule)."""
+        index = epoch * self.windows_per_epoch + step // self.cfg.accumulate_grad_batches
+        factor = self.cfg.lr_factor(index, self.total_windows)
+        for optimizer, base in zip(self.optimizers.values(), self.base_lrs, strict=True):
+            for group, lr in zip(optimizer.param_groups, base, strict=True):
+                group["lr"] = lr * factor
+
+    def step(
+        self, method: FairnessMethod, model: Recommender, batch: Batch, step: int, n: int, epoch: int = 0
+    ) -> dict:
         """Forward and backward of micro-batch ``step`` (``n`` samples); an optimiser step at a window end."""
         window = self.cfg.accumulate_grad_batches
         if step % window == 0:
@@ -180,12 +215,14 @@ class Updater:
                 optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             objective = method.objective(model, batch)
-        loss = objective.loss.float() * (n / self.window_samples[step])
+        loss = objective.loss.float() * float(n / self.window_samples[step])
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if (step + 1) % window == 0 or step + 1 == self.n_steps:
             if self.scaler is not None:
                 for optimizer in self.optimizers.values():
                     self.scaler.unscale_(optimizer)
+            if self.cfg.lr_schedule != "constant" or self.cfg.warmup_steps:
+                self.set_learning_rates(epoch, step)
             if self.cfg.gradient_clip is not None:
                 groups = [g for optimizer in self.optimizers.values() for g in optimizer.param_groups]
                 torch.nn.utils.clip_grad_norm_(
@@ -339,7 +376,7 @@ def fit(
                 batch["timestamps"] = source.sample_timestamps[index].to(device)
             model.on_train_step(epoch * steps_per_epoch + step)
             if updater is not None:
-                stats = updater.step(method, model, batch, step, len(index))
+                stats = updater.step(method, model, batch, step, len(index), epoch)
             else:
                 stats = method.training_step(model, batch, optimizers)
             if not math.isfinite(stats["loss"]):

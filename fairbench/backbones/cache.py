@@ -262,6 +262,7 @@ def _embed(
     device: str,
     show_progress: bool,
     chunk_size: int,
+    encoder: TextEncoder | None = None,
 ) -> tuple[EmbedResult, np.ndarray]:
     began = time.perf_counter()
     spec = backbone_spec(backbone_cfg)
@@ -270,7 +271,7 @@ def _embed(
     texts = render_item_texts(items, spec.template)
     if not texts:
         raise UserError("The items table is empty; there is nothing to embed.")
-    encoder = build_encoder(spec.encoder, device)
+    encoder = encoder if encoder is not None else build_encoder(spec.encoder, device)
     fingerprint = encoder.fingerprint
     key = cache_key(fingerprint, texts)
     vectors_dir = Path(cache_dir).expanduser() / "vectors"
@@ -345,7 +346,12 @@ def item_vectors(
     device: str = "cpu",
     show_progress: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    encoder: TextEncoder | None = None,
 ) -> np.ndarray:
-    """Item text vectors z_i = f_LM(template(item_i)) as float32 ``[I, d]``, row i = internal item i."""
-    _, array = _embed(backbone_cfg, items, cache_dir, device, show_progress, chunk_size)
+    """Item text vectors z_i = f_LM(template(item_i)) as float32 ``[I, d]``, row i = internal item i.
+
+    ``encoder``: an already built encoder of ``backbone_cfg.encoder`` (e.g. the causal LM a model trains,
+    so a 7B model is loaded once); by default one is built.
+    """
+    _, array = _embed(backbone_cfg, items, cache_dir, device, show_progress, chunk_size, encoder)
     return array

@@ -94,7 +94,8 @@ def model_capabilities(model: type[Recommender] | Recommender) -> frozenset[str]
     - ``encoding_split``: ``encode`` / ``losses_from_encoding`` (representation-space gradients);
     - ``score_adjustment``: accepts a score adjustment (PopDRO);
     - ``full_ranking``: scores all items (``scorer`` or ``score_histories``); ``recommend``: returns top-K
-      lists itself; ``sequential``: trains and ranks on next-item samples.
+      lists itself; ``sequential``: trains and ranks on next-item samples; ``grounding``: its rankings carry
+      the generated texts' vectors for re-grounding (generate-and-ground models).
     """
     cls = model if isinstance(model, type) else type(model)
     caps = set()
@@ -117,6 +118,8 @@ def model_capabilities(model: type[Recommender] | Recommender) -> frozenset[str]
         caps.add("full_ranking")
     if callable(getattr(cls, "recommend", None)):
         caps.add("recommend")
+    if getattr(cls, "grounds_generations", False):
+        caps.add("grounding")
     return frozenset(caps)
 
 

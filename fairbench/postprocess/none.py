@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fairbench.evaluation import Ranking
 from fairbench.postprocess.base import PostProcessor
 
@@ -11,4 +13,4 @@ class KeepRanking(PostProcessor):
 
     def apply(self, ranking: Ranking, k: int) -> Ranking:
         scores = ranking.scores[:, :k] if ranking.scores is not None else None
-        return type(ranking)(ranking.rows, ranking.items[:, :k], scores)
+        return dataclasses.replace(ranking, items=ranking.items[:, :k], scores=scores)

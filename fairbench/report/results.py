@@ -32,6 +32,11 @@ def write_json(path: Path, payload: dict) -> None:
     write_text_atomic(path, json.dumps(clean, indent=2, sort_keys=True) + "\n")
 
 
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line (e.g. what a generative model produced for each test sample)."""
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
     write_text_atomic(path, frame.to_csv(index=False))
 
