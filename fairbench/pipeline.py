@@ -128,7 +128,10 @@ def config_fingerprint(cfg: DictConfig) -> str:
     """Hash of the config without :data:`RESUMABLE_KEYS`: what determines the trajectory of a run."""
     keep = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(keep, dict)
-    for key in RESUMABLE_KEYS:
+    resumable = list(RESUMABLE_KEYS)
+    if OmegaConf.select(cfg, "trainer.lr_schedule", default="constant") != "constant":
+        resumable.remove("trainer.max_epochs")  # a decaying learning rate depends on the planned length
+    for key in resumable:
         parent, _, leaf = key.rpartition(".")
         node = keep.get(parent, {}) if parent else keep
         if isinstance(node, dict):

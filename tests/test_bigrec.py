@@ -74,19 +74,26 @@ def test_bigrec_trains_ranks_and_evaluates_samples(tiny_lm_dir, cache, single_th
 
 
 def test_adapter_checkpoint_resume_is_exact(tiny_lm_dir, cache, single_thread, tmp_path):
-    full = prepare(compose_config(tiny_overrides(tiny_lm_dir, cache, "trainer.max_epochs=2")))
+    full = prepare(compose_config(tiny_overrides(tiny_lm_dir, cache, "trainer.max_epochs=3")))
     train(full, tmp_path / "full")
-    half = prepare(compose_config(tiny_overrides(tiny_lm_dir, cache, "trainer.max_epochs=1")))
-    train(half, tmp_path / "half")
+    # the same run interrupted during its second validation: the checkpoint of epoch 0 is left
+    interrupted = prepare(compose_config(tiny_overrides(tiny_lm_dir, cache, "trainer.max_epochs=3")))
+    calls = []
+    original = interrupted.model.validation_loss
+
+    def failing_validation() -> float:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original()
+
+    interrupted.model.validation_loss = failing_validation
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, tmp_path / "half")
+    ckpt = tmp_path / "half" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 0
     resumed = prepare(
-        compose_config(
-            tiny_overrides(
-                tiny_lm_dir,
-                cache,
-                "trainer.max_epochs=2",
-                f"ckpt_path={tmp_path / 'half/checkpoints/last.ckpt'}",
-            )
-        )
+        compose_config(tiny_overrides(tiny_lm_dir, cache, "trainer.max_epochs=3", f"ckpt_path={ckpt}"))
     )
     train(resumed, tmp_path / "resumed")
     for key, value in full.model.trainable_state_dict().items():

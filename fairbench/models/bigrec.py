@@ -173,6 +173,11 @@ class BIGRec(Recommender):
 
     # --------------------------------------------------------------------------------------- training
 
+    def on_epoch_start(self, epoch: int, seed: int) -> None:
+        """LoRA dropout draws from torch's global generator: reseed it per epoch with the trainer's
+        (seed, epoch) seed, so a resumed run repeats the uninterrupted run's masks."""
+        torch.manual_seed(seed)
+
     def parameter_sets(self) -> dict[str, list[nn.Parameter]]:
         return {"lora": [p for p in self.lm.parameters() if p.requires_grad]}
 
