@@ -208,3 +208,21 @@ def test_cli_bigrec_run_writes_generations_and_metrics(tmp_path, tiny_lm_dir):
     lines = (run_dir / "generations.jsonl").read_text().splitlines()
     assert len(lines) == 8 and {"beams", "grounded_top10", "prompt_sha256"} <= set(json.loads(lines[0]))
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").model._target_.endswith("BIGRec")
+
+
+def test_bigrec_on_data_in_bigrec_csv_format_keeps_its_split(tiny_lm_dir, cache, single_thread, tmp_path):
+    from tests.helpers.data_files import bigrec_samples, sequences, write_bigrec
+
+    folder = tmp_path / "bigrec"
+    cuts = write_bigrec(folder, bigrec_samples(sequences(12, 30, 8)), 30)
+    overrides = tiny_overrides(tiny_lm_dir, cache, "dataset=bigrec_csv", f"dataset.path={folder}")
+    overrides = [o for o in overrides if not o.startswith("dataset.protocol.max_")] + ["trainer.max_epochs=1"]
+    exp = prepare(compose_config(overrides))
+    assert {s: len(exp.data.samples[s]) for s in ("train", "valid", "test")} == {
+        s: len(r) for s, r in cuts.items()
+    }
+    train(exp)
+    test = rank_splits(exp)["test"]
+    assert test.items.shape == (len(cuts["test"]), 20)
+    metrics = evaluate(exp, {"test": test})["test"].metrics
+    assert "pop/mgu@5" in metrics and not any(k.startswith("genre/") for k in metrics)
