@@ -144,6 +144,8 @@ def test_template_renders_columns_lists_and_years():
         "Toy Story (1995). Genres: Drama",
         "Heat (1995). Genres: Animation, Comedy",
     ]
+    items["year"] = pd.array([1995, None], dtype="Int64")  # a nullable year column (MovieLens loaders)
+    assert render_item_texts(items, "{title} {year}") == ["Toy Story 1995", "Heat "]
 
 
 def test_template_unknown_placeholder_names_available_columns():

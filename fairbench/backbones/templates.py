@@ -43,8 +43,8 @@ def template_fields(template: str) -> list[str]:
 def _cell_text(value: Any) -> Any:
     if isinstance(value, (list, tuple, np.ndarray)):
         return ", ".join(str(v) for v in value)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return ""  # pandas' nullable columns (year as Int64) hold pd.NA
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return int(value)
     return value
