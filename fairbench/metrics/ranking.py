@@ -14,6 +14,9 @@ from fairbench.metrics._inputs import PADDING
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
+TIE_CHUNK_ENTRIES = 1 << 22
+"""Tied rows are resolved in chunks of about this many scores, so the tie path adds a few MiB, not blocks."""
+
 
 def full_ranking_topk(
     score_fn: ScoreFn,
@@ -33,7 +36,10 @@ def full_ranking_topk(
     Order: score descending, ties broken by the lower item index. Each row of the result is a function of
     that user's score row alone (``select_topk``), so it does not depend on ``batch_size`` as long as
     ``score_fn`` gives every user the same scores in any batch. Runs under ``torch.inference_mode``, on the
-    device of the scores, with one [B, I] block alive at a time.
+    device of the scores, with one [B, I] block alive at a time: the float32/float64 inference tensor that a
+    scorer computes is masked in place and its masked entries are written back after the selection; other
+    blocks (stored tensors, half precision, integers) are masked in a copy (``_masked_topk``). The scores
+    that ``score_fn`` returns are never left modified.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise UserError(f"ranking cut-off k={k!r} must be a positive integer")
@@ -58,24 +64,56 @@ def full_ranking_topk(
                 raise ValueError(
                     f"score_fn returned shape {tuple(scores.shape)}, expected ({batch.size}, {n_items})"
                 )
-            scores = _as_float_copy(scores)
             masked = exclude[batch]
             rows = np.repeat(np.arange(batch.size, dtype=np.int64), np.diff(masked.indptr))
-            scores[
-                torch.from_numpy(rows).to(scores.device),
-                torch.from_numpy(masked.indices.astype(np.int64)).to(scores.device),
-            ] = float("-inf")
-            result[start : start + batch.size] = select_topk(scores, k).cpu().numpy()
+            result[start : start + batch.size] = _masked_topk(scores, rows, masked.indices, k).cpu().numpy()
     return result
 
 
-def _as_float_copy(scores: torch.Tensor) -> torch.Tensor:
-    """A float copy we may write -inf into. float16/bfloat16 widen exactly to float32 (order and ties are
-    kept); integer scores become float64."""
+def _masked_topk(scores: torch.Tensor, rows: np.ndarray, columns: np.ndarray, k: int) -> torch.Tensor:
+    """``select_topk`` of ``scores`` with the entries (rows[j], columns[j]) set to -inf, copying the block
+    only where writing into it could be seen outside.
+
+    A float32/float64 inference tensor (what a scorer computes under ``full_ranking_topk``'s inference
+    mode, e.g. a GEMM output) is masked in place: no second [B, I] block. Its masked entries are saved
+    first and written back after the selection (also when it raises), so a score_fn that keeps or returns
+    stored inference tensors sees them unchanged. Any other block is masked in a private copy: float16 /
+    bfloat16 widen exactly to float32 and integers become float64 (order and ties are kept); a normal
+    (non-inference) tensor, e.g. a view of a parameter, is cloned, since an in-place write would bump its
+    autograd version counter; so is a block whose entries share memory (an expanded view).
+    """
     scores = scores.detach()
+    flat = torch.from_numpy(rows * scores.shape[1] + columns.astype(np.int64)).to(scores.device)
+    if scores.dtype in (torch.float32, torch.float64) and scores.is_inference():
+        saved = scores.view(-1).index_select(0, flat) if scores.is_contiguous() else torch.take(scores, flat)
+        try:
+            _write_flat(scores, flat, None)
+        except RuntimeError:  # entries share memory: fall through to a private copy
+            pass
+        else:
+            try:
+                return select_topk(scores, k)
+            finally:
+                _write_flat(scores, flat, saved)
     if scores.dtype in (torch.float32, torch.float64):
-        return scores.clone()
-    return scores.to(torch.float32 if scores.dtype.is_floating_point else torch.float64)
+        scores = scores.clone()
+    else:
+        scores = scores.to(torch.float32 if scores.dtype.is_floating_point else torch.float64)
+    _write_flat(scores, flat, None)
+    return select_topk(scores, k)
+
+
+def _write_flat(scores: torch.Tensor, flat: torch.Tensor, values: torch.Tensor | None) -> None:
+    """Write ``values`` (None: -inf) at the row-major positions ``flat`` of the 2-D block ``scores``."""
+    if scores.is_contiguous():
+        if values is None:
+            scores.view(-1).index_fill_(0, flat, float("-inf"))
+        else:
+            scores.view(-1).index_copy_(0, flat, values)
+    else:
+        if values is None:
+            values = torch.full(flat.shape, float("-inf"), dtype=scores.dtype, device=scores.device)
+        scores.put_(flat, values)
 
 
 def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -83,43 +121,51 @@ def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     skipping items scored -inf; positions left over are -1. Raises ValueError for NaN scores.
 
     torch.topk's choice among tied scores is unspecified, so its item set is used only for rows where it is
-    unique: where no more than k items score at least the k-th largest score t (or t is -inf, so every
-    rankable item is in). Those candidates are ordered by ascending index, then by a stable descending sort
-    of their scores. Rows with more items tied at t than places left go through ``_select_with_ties``.
-    Every step is row-wise, so a row's result depends on that row's scores alone.
+    unique. ``torch.topk`` is asked for one value more than the ``take = min(k, I)`` places: a row is tied at
+    the cut exactly when its (take+1)-th largest score equals its take-th largest score t (and t > -inf;
+    when t is -inf every rankable item is in). Untied rows order their candidates by ascending index, then
+    by a stable descending sort of their scores. Tied rows go through ``_select_with_ties``. Every step is
+    row-wise, so a row's result depends on that row's scores alone; ``scores`` is only read.
     """
     n_rows, n_items = scores.shape
     take = min(k, n_items)
     output = torch.full((n_rows, k), PADDING, dtype=torch.long, device=scores.device)
     if n_rows == 0 or take == 0:
         return output
-    values, items = torch.topk(scores, take, dim=1)
+    values, items = torch.topk(scores, min(take + 1, n_items), dim=1)
     if torch.isnan(values).any():  # topk ranks NaN above every number, so any NaN in a row shows up here
         raise ValueError("score_fn returned NaN scores; cannot rank")
-    threshold = values[:, -1:]
-    ambiguous = (threshold[:, 0] > float("-inf")) & ((scores >= threshold).sum(dim=1) > take)
+    threshold = values[:, take - 1 : take]
+    tied = None
+    if values.shape[1] > take:
+        tied = (values[:, take] == threshold[:, 0]) & (threshold[:, 0] > float("-inf"))
+        values, items = values[:, :take], items[:, :take]
 
     items, by_index = torch.sort(items, dim=1)
     values = torch.gather(values, 1, by_index)
     order = torch.sort(values, dim=1, descending=True, stable=True).indices
     chosen = torch.gather(items, 1, order)
     chosen[torch.gather(values, 1, order) == float("-inf")] = PADDING
-    if ambiguous.any():
-        rows = ambiguous.nonzero().squeeze(1)
-        chosen[rows] = _select_with_ties(scores[rows], threshold[rows], take)
+    if tied is not None and bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        chunk = max(1, TIE_CHUNK_ENTRIES // n_items)
+        for first in range(0, rows.numel(), chunk):
+            part = rows[first : first + chunk]
+            chosen[part] = _select_with_ties(scores[part], threshold[part], take)
     output[:, :take] = chosen
     return output
 
 
 def _select_with_ties(scores: torch.Tensor, threshold: torch.Tensor, take: int) -> torch.Tensor:
-    """LongTensor [B, take] for rows whose k-th largest score ``threshold`` (> -inf) is tied beyond the
+    """LongTensor [B, take] for rows whose take-th largest score ``threshold`` (> -inf) is tied beyond the
     places left: every item scored above it, plus the lowest-indexed items scored exactly it up to ``take``
     in all, ordered by score descending with lower indices first (stable sort of an index-ordered layout).
     """
     above = scores > threshold
     at_threshold = scores == threshold
     room = take - above.sum(dim=1, keepdim=True)
-    selected = above | (at_threshold & (torch.cumsum(at_threshold, dim=1) <= room))  # exactly `take` per row
+    first_at = torch.cumsum(at_threshold, dim=1, dtype=torch.int32) <= room
+    selected = above | (at_threshold & first_at)  # exactly `take` per row
 
     rows, items = selected.nonzero(as_tuple=True)  # row-major: items ascending within each row
     items = items.view(-1, take)
