@@ -48,31 +48,35 @@ def full_ranking_topk(
     users = np.asarray(users)
     if users.ndim != 1 or (users.size and not np.issubdtype(users.dtype, np.integer)):
         raise ValueError(f"users must be a 1-D integer array, got shape {users.shape} dtype {users.dtype}")
-    exclude = sp.csr_matrix(exclude, copy=True)
-    exclude.eliminate_zeros()
+    exclude = sp.csr_matrix(exclude)
     n_users, n_items = exclude.shape
     if users.size and (users.min() < 0 or users.max() >= n_users):
         raise ValueError(f"users hold indices outside [0, {n_users}) of the exclude matrix")
+    users = users.astype(np.int64)
+    masked = exclude[users]  # the users' rows in order, a copy: sliced per batch without scipy indexing
+    masked.eliminate_zeros()
+    indptr = masked.indptr.astype(np.int64)
 
     result = np.full((users.size, k), PADDING, dtype=np.int64)
     with torch.inference_mode():
         starts = range(0, users.size, batch_size)
         for start in tqdm(starts, desc="ranking", unit="batch", disable=not progress, leave=False):
-            batch = users[start : start + batch_size].astype(np.int64)
+            batch = users[start : start + batch_size]
             scores = score_fn(torch.from_numpy(batch))
             if tuple(scores.shape) != (batch.size, n_items):
                 raise ValueError(
                     f"score_fn returned shape {tuple(scores.shape)}, expected ({batch.size}, {n_items})"
                 )
-            masked = exclude[batch]
-            rows = np.repeat(np.arange(batch.size, dtype=np.int64), np.diff(masked.indptr))
-            result[start : start + batch.size] = _masked_topk(scores, rows, masked.indices, k).cpu().numpy()
+            bounds = indptr[start : start + batch.size + 1]
+            row_offsets = np.arange(batch.size, dtype=np.int64) * n_items
+            flat = np.repeat(row_offsets, np.diff(bounds)) + masked.indices[bounds[0] : bounds[-1]]
+            result[start : start + batch.size] = _masked_topk(scores, flat, k).cpu().numpy()
     return result
 
 
-def _masked_topk(scores: torch.Tensor, rows: np.ndarray, columns: np.ndarray, k: int) -> torch.Tensor:
-    """``select_topk`` of ``scores`` with the entries (rows[j], columns[j]) set to -inf, copying the block
-    only where writing into it could be seen outside.
+def _masked_topk(scores: torch.Tensor, flat: np.ndarray, k: int) -> torch.Tensor:
+    """``select_topk`` of the [B, I] block ``scores`` with the entries at the row-major positions ``flat``
+    (int64, row * I + item) set to -inf, copying the block only where writing into it could be seen outside.
 
     A float32/float64 inference tensor (what a scorer computes under ``full_ranking_topk``'s inference
     mode, e.g. a GEMM output) is masked in place: no second [B, I] block. Its masked entries are saved
@@ -83,7 +87,7 @@ def _masked_topk(scores: torch.Tensor, rows: np.ndarray, columns: np.ndarray, k:
     autograd version counter; so is a block whose entries share memory (an expanded view).
     """
     scores = scores.detach()
-    flat = torch.from_numpy(rows * scores.shape[1] + columns.astype(np.int64)).to(scores.device)
+    flat = torch.from_numpy(flat).to(scores.device)
     if scores.dtype in (torch.float32, torch.float64) and scores.is_inference():
         saved = scores.view(-1).index_select(0, flat) if scores.is_contiguous() else torch.take(scores, flat)
         try:
@@ -123,16 +127,17 @@ def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     torch.topk's choice among tied scores is unspecified, so its item set is used only for rows where it is
     unique. ``torch.topk`` is asked for one value more than the ``take = min(k, I)`` places: a row is tied at
     the cut exactly when its (take+1)-th largest score equals its take-th largest score t (and t > -inf;
-    when t is -inf every rankable item is in). Untied rows order their candidates by ascending index, then
-    by a stable descending sort of their scores. Tied rows go through ``_select_with_ties``. Every step is
-    row-wise, so a row's result depends on that row's scores alone; ``scores`` is only read.
+    when t is -inf every rankable item is in). Tied rows go through ``_select_with_ties``. The others keep
+    topk's descending order, which is the rule's order unless two listed scores are equal: when a block has
+    such a pair, its lists are reordered by ascending index and then by a stable descending sort of their
+    scores. Every step is row-wise, so a row's result depends on that row's scores alone; ``scores`` is only
+    read.
     """
     n_rows, n_items = scores.shape
     take = min(k, n_items)
-    output = torch.full((n_rows, k), PADDING, dtype=torch.long, device=scores.device)
     if n_rows == 0 or take == 0:
-        return output
-    values, items = torch.topk(scores, min(take + 1, n_items), dim=1)
+        return torch.full((n_rows, k), PADDING, dtype=torch.long, device=scores.device)
+    values, items = torch.topk(scores, min(take + 1, n_items), dim=1)  # sorted, largest first
     if torch.isnan(values).any():  # topk ranks NaN above every number, so any NaN in a row shows up here
         raise ValueError("score_fn returned NaN scores; cannot rank")
     threshold = values[:, take - 1 : take]
@@ -141,17 +146,24 @@ def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
         tied = (values[:, take] == threshold[:, 0]) & (threshold[:, 0] > float("-inf"))
         values, items = values[:, :take], items[:, :take]
 
-    items, by_index = torch.sort(items, dim=1)
-    values = torch.gather(values, 1, by_index)
-    order = torch.sort(values, dim=1, descending=True, stable=True).indices
-    chosen = torch.gather(items, 1, order)
-    chosen[torch.gather(values, 1, order) == float("-inf")] = PADDING
+    rankable = values > float("-inf")
+    if bool((values[:, 1:] == values[:, :-1]).logical_and_(rankable[:, 1:]).any()):
+        # equal scores inside the lists: order those by item index (sort by index, then stable by score)
+        items, by_index = torch.sort(items, dim=1)
+        values = torch.gather(values, 1, by_index)
+        order = torch.sort(values, dim=1, descending=True, stable=True).indices
+        items = torch.gather(items, 1, order)
+        rankable = torch.gather(values, 1, order) > float("-inf")
+    chosen = items.masked_fill_(~rankable, PADDING)
     if tied is not None and bool(tied.any()):
         rows = tied.nonzero().squeeze(1)
         chunk = max(1, TIE_CHUNK_ENTRIES // n_items)
         for first in range(0, rows.numel(), chunk):
             part = rows[first : first + chunk]
             chosen[part] = _select_with_ties(scores[part], threshold[part], take)
+    if take == k:
+        return chosen
+    output = torch.full((n_rows, k), PADDING, dtype=torch.long, device=scores.device)
     output[:, :take] = chosen
     return output
 
