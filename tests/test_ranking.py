@@ -1,7 +1,13 @@
 """full_ranking_topk and select_topk against a dense numpy reference with the same tie rule (score desc, lower
-index) and against the legacy implementation of that rule; masking without a copy."""
+index) and against the legacy implementation of that rule; masking without a copy; the ranking benchmark
+script."""
 
 from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,3 +272,34 @@ def test_integer_scores_rank_like_their_values():
     excluded = rng.random((15, 25)) < 0.3
     topk = full_ranking_topk(lookup(scores), np.arange(15), sp.csr_matrix(excluded), k=6, batch_size=4)
     np.testing.assert_array_equal(topk, reference_topk(scores.astype(np.float64), excluded, k=6))
+
+
+# --------------------------------------------------------------------------- the benchmark script
+
+
+def test_bench_ranking_script_runs_on_a_tiny_size(tmp_path, monkeypatch):
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_ranking.py"
+    spec = importlib.util.spec_from_file_location("bench_ranking", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # main() sets them; restored after the test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    threads = torch.get_num_threads()
+    out = tmp_path / "bench_ranking.json"
+    argv = ["--sizes", "300x500,1kx50", "--max-users", "200", "--repeats", "2", "--batch-size", "32"]
+    try:
+        report = bench.main([*argv, "--chunk-batches", "2", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(out.read_text()) == report
+    first, second = report["results"]
+    assert (first["users"], first["items"], first["timed_users"], first["rows_differing"]) == (
+        300,
+        500,
+        200,
+        0,
+    )
+    assert len(first["seconds"]["fairbench"]) == len(first["seconds"]["naive"]) == 2
+    assert len(first["chunk_ratios"]) == 2 * 4 and first["ratio"] > 0 and first["paired_ratio"] > 0
+    assert second["est_seconds_all_users"]["naive"] == pytest.approx(5 * second["median_seconds"]["naive"])
+    assert bench.parse_sizes("1Mx10k,2.5kx7") == [(1_000_000, 10_000), (2_500, 7)]
