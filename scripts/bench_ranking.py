@@ -18,10 +18,13 @@ Timing: the users are cut into chunks of ``--chunk-batches`` batches; on every c
 to back (alternating which goes first), and each pass over all users is repeated ``--repeats`` times, after
 an untimed warm-up of each on the first chunk. Ranking cost is linear in users, so a chunk is a small
 complete run (fairbench gets the chunk's rows of the history matrix and ranks them with one call).
-Reported: per contender the median over passes of the seconds for all users, ``ratio`` = fairbench / naive
-of those medians, and ``paired`` = the median over chunks of the per-chunk ratio, which cancels load that
-varies over time (the figure to read on a shared machine). ``rows differing`` counts users whose lists
-differ, possible only through exact score ties, where torch.topk's order is unspecified.
+Reported: per contender the median over passes of the wall-clock seconds for all users, ``ratio`` =
+fairbench / naive of those medians, ``paired`` = the median over chunks of the per-chunk wall-clock ratio,
+which cancels load that varies over time, and ``cpu paired`` = the same from process CPU seconds
+(``time.process_time``), which also leaves out the time the process waits for a core: with one thread, the
+figure to read on a shared, oversubscribed machine. ``rows differing`` counts users whose lists differ,
+possible only through exact score ties, where torch.topk's order is unspecified (the json's
+``rows_differing_not_by_ties`` counts rows whose lists do not hold the same scores in the same order: 0).
 
 Threads: torch runs with ``--threads`` intra-op threads (default 1; OMP_NUM_THREADS and MKL_NUM_THREADS are
 set to the same value before torch is imported). One thread gives stable ratios on shared machines; compare
@@ -49,8 +52,8 @@ DEFAULT_SIZES = "10kx10k,100kx10k,10kx100k"
 ALL_SIZES = "10kx10k,10kx100k,100kx10k,100kx100k,1Mx10k,1Mx100k"
 SUFFIXES = {"k": 1_000, "m": 1_000_000}
 TABLE_HEADER = (
-    "|     users |   items |  fairbench s |    naive s | ratio | paired | rows differing |\n"
-    "|-----------|---------|--------------|------------|-------|--------|----------------|"
+    "|     users |   items |  fairbench s |    naive s | ratio | paired | cpu paired | rows differing |\n"
+    "|-----------|---------|--------------|------------|-------|--------|------------|----------------|"
 )
 
 
@@ -131,6 +134,15 @@ def main(argv: list[str] | None = None) -> dict:
                 out[start:end] = torch.topk(scores, args.k, dim=1).indices.numpy()
         return out
 
+    def tie_differences(emb, item_t, first: np.ndarray, second: np.ndarray) -> int:
+        """How many of these rows list the same scores in the same order (lists that differ among ties)."""
+        if first.size == 0 or (first < 0).any() or (second < 0).any():
+            return 0
+        with torch.inference_mode():
+            scores = emb @ item_t
+            same = scores.gather(1, torch.from_numpy(first)) == scores.gather(1, torch.from_numpy(second))
+        return int(same.all(dim=1).sum())
+
     def chunk_inputs(user_emb, history, start: int, end: int):
         """Both contenders' inputs for users start..end-1 (prepared outside the timing)."""
         part = history[start:end]
@@ -139,9 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
         return user_emb[start:end], part, masks
 
     def timed(fn, *fn_args):
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         value = fn(*fn_args)
-        return time.perf_counter() - started, value
+        return time.perf_counter() - wall, time.process_time() - cpu, value
 
     sizes = parse_sizes(ALL_SIZES if args.all else args.sizes)
     chunk = args.chunk_batches * args.batch_size
@@ -162,24 +174,33 @@ def main(argv: list[str] | None = None) -> dict:
         run_fairbench(emb, item_t, part)
         run_naive(emb, item_t, masks)
         seconds: dict[str, list[float]] = {"fairbench": [], "naive": []}
+        cpu_seconds: dict[str, list[float]] = {"fairbench": [], "naive": []}
         chunk_ratios: list[float] = []
-        differing = 0
+        cpu_chunk_ratios: list[float] = []
+        differing = unexplained = 0
         for repeat in range(args.repeats):
             totals = {"fairbench": 0.0, "naive": 0.0}
-            differing = 0
+            cpu_totals = {"fairbench": 0.0, "naive": 0.0}
+            differing = unexplained = 0
             for index, (emb, part, masks) in enumerate(chunks):
                 first_fairbench = (repeat + index) % 2 == 0
-                elapsed = {}
+                elapsed, cpu = {}, {}
                 for name in ("fairbench", "naive") if first_fairbench else ("naive", "fairbench"):
                     if name == "fairbench":
-                        elapsed[name], fairbench_lists = timed(run_fairbench, emb, item_t, part)
+                        elapsed[name], cpu[name], fairbench_lists = timed(run_fairbench, emb, item_t, part)
                     else:
-                        elapsed[name], naive_lists = timed(run_naive, emb, item_t, masks)
+                        elapsed[name], cpu[name], naive_lists = timed(run_naive, emb, item_t, masks)
                     totals[name] += elapsed[name]
+                    cpu_totals[name] += cpu[name]
                 chunk_ratios.append(elapsed["fairbench"] / elapsed["naive"])
-                differing += int((fairbench_lists != naive_lists).any(axis=1).sum())
-            for name, total in totals.items():
-                seconds[name].append(total)
+                cpu_chunk_ratios.append(cpu["fairbench"] / max(cpu["naive"], 1e-9))
+                rows = np.flatnonzero((fairbench_lists != naive_lists).any(axis=1))
+                differing += rows.size
+                by_ties = tie_differences(emb[rows], item_t, fairbench_lists[rows], naive_lists[rows])
+                unexplained += rows.size - by_ties
+            for name in totals:
+                seconds[name].append(totals[name])
+                cpu_seconds[name].append(cpu_totals[name])
         medians = {name: statistics.median(values) for name, values in seconds.items()}
         row = {
             "users": n_users,
@@ -190,7 +211,11 @@ def main(argv: list[str] | None = None) -> dict:
             "ratio": medians["fairbench"] / medians["naive"],
             "paired_ratio": statistics.median(chunk_ratios),
             "chunk_ratios": chunk_ratios,
+            "cpu_seconds": cpu_seconds,
+            "cpu_paired_ratio": statistics.median(cpu_chunk_ratios),
+            "cpu_chunk_ratios": cpu_chunk_ratios,
             "rows_differing": differing,
+            "rows_differing_not_by_ties": unexplained,
         }
         if timed_users != n_users:
             row["est_seconds_all_users"] = {
@@ -220,7 +245,7 @@ def print_row(row: dict) -> None:
     print(
         f"| {row['users']:>9} | {row['items']:>7} | {mark}{seconds['fairbench']:>11.2f} | "
         f"{mark}{seconds['naive']:>9.2f} | {row['ratio']:.3f} | {row['paired_ratio']:>6.3f} | "
-        f"{row['rows_differing']:>14} |"
+        f"{row['cpu_paired_ratio']:>10.3f} | {row['rows_differing']:>14} |"
     )
 
 

@@ -301,5 +301,6 @@ def test_bench_ranking_script_runs_on_a_tiny_size(tmp_path, monkeypatch):
     )
     assert len(first["seconds"]["fairbench"]) == len(first["seconds"]["naive"]) == 2
     assert len(first["chunk_ratios"]) == 2 * 4 and first["ratio"] > 0 and first["paired_ratio"] > 0
+    assert len(first["cpu_chunk_ratios"]) == 2 * 4 and first["cpu_paired_ratio"] > 0
     assert second["est_seconds_all_users"]["naive"] == pytest.approx(5 * second["median_seconds"]["naive"])
     assert bench.parse_sizes("1Mx10k,2.5kx7") == [(1_000_000, 10_000), (2_500, 7)]
