@@ -370,3 +370,68 @@ def test_single_group_with_all_items_equals_overall_utility(fixture, utility, no
         overall = result[f"{utility}@{k}"]
         group = result[f"utility@{k}/0"]
         assert (math.isnan(overall) and math.isnan(group)) or group == pytest.approx(overall, abs=1e-12)
+
+
+# --------------------------------------------------------------------------- several group kinds in one call
+
+
+def separate_calls(topk, truth, kinds: dict, history, **common) -> dict[str, float]:
+    """What evaluation.metrics_from_topk did: one call without groups, then one call per group kind."""
+    expected = dict(evaluate_topk(topk, truth, history=history, **common))
+    for kind, groups in kinds.items():
+        grouped = evaluate_topk(topk, truth, item_groups=groups, history=history, **common)
+        expected.update({f"{kind}/{key}": value for key, value in grouped.items() if key not in expected})
+    return expected
+
+
+def identical(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Same keys and bit-identical values (NaN equals NaN)."""
+    return a.keys() == b.keys() and all(
+        (math.isnan(a[key]) and math.isnan(b[key])) or a[key] == b[key] for key in a
+    )
+
+
+@PROPERTY_SETTINGS
+@given(
+    fixtures(),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["recall", "ndcg", "hr"]),
+    st.sampled_from(["relevant", "all"]),
+    st.booleans(),
+)
+def test_group_kinds_in_one_call_equal_separate_calls(fixture, seed, utility, normalization, with_history):
+    """One call with {kind: membership} gives exactly (not approximately) the values of the separate calls."""
+    topk, _, truth, groups, history = fixture
+    rng = np.random.default_rng(seed)
+    kinds = {"pop": groups, "genre": rng.random((truth.shape[1], int(rng.integers(1, 6)))) < 0.4}
+    history = history if with_history else None
+    common = dict(ks=(1, 2, 5), utility=utility, group_normalization=normalization)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        combined = evaluate_topk(topk, truth, item_groups=kinds, history=history, **common)
+        expected = separate_calls(topk, truth, kinds, history, **common)
+    assert identical(combined, expected)
+
+
+def test_group_kinds_keys_and_warnings_name_the_kind():
+    truth = csr([[0, 1], [1, 3, 4], [0, 3]], n_items=5)  # nobody holds out item 2
+    topk = np.array([[0, 2], [1, 4], [3, 0]])
+    history = csr([[0, 1, 2], [0]], n_items=5)
+    kinds = {"genre": np.eye(5, dtype=bool), "pop": np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0, 1]])}
+    with pytest.warns(RuntimeWarning, match=r"genre item groups \[2\]"):
+        result = evaluate_topk(topk, truth, kinds, history, ks=(1, 2))
+    single = evaluate_topk(topk, truth, kinds["pop"], history, ks=(1, 2))
+    for k in (1, 2):
+        for name in ("cv", "min", "mgu", "dgu"):
+            assert result[f"pop/{name}@{k}"] == single[f"{name}@{k}"]
+            assert f"genre/{name}@{k}" in result and f"{name}@{k}" not in result
+        assert [key for key in result if key.startswith(f"genre/utility@{k}/")] == [
+            f"genre/utility@{k}/{g}" for g in range(5)
+        ]
+        assert result[f"pop/gu@{k}/1"] == single[f"gu@{k}/1"]
+    assert identical(evaluate_topk(topk, truth, {}, history), evaluate_topk(topk, truth, None, history))
+    for bad in ("", "a/b", 3):
+        with pytest.raises(ValueError, match="kind"):
+            evaluate_topk(topk, truth, {bad: kinds["pop"]}, ks=(2,))
+    with pytest.raises(ValueError, match="membership"):
+        evaluate_topk(topk, truth, {"pop": np.ones((4, 2), bool)}, ks=(2,))

@@ -1,6 +1,13 @@
-"""full_ranking_topk against a dense numpy reference with the same tie rule (score desc, lower index)."""
+"""full_ranking_topk and select_topk against a dense numpy reference with the same tie rule (score desc, lower
+index) and against the legacy implementation of that rule; masking without a copy; the ranking benchmark
+script."""
 
 from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fairbench.errors import UserError
-from fairbench.metrics import full_ranking_topk
+from fairbench.metrics import full_ranking_topk, ranking, select_topk
 
 
 def reference_topk(scores: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:
@@ -125,3 +132,175 @@ def test_property_equals_reference_and_ignores_batch_size(n_users, n_items, k, b
     np.testing.assert_array_equal(
         topk, full_ranking_topk(lookup(scores), users, exclude, k=k, batch_size=1000)
     )
+
+
+# --------------------------------------------------------------------------- the tie rule of select_topk
+
+
+def legacy_select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The rule as first implemented (kept as the reference): topk(k), a full ``scores >= t`` count per row to
+    find rows tied at the cut t, and an index-ordered selection of the tied rows."""
+    n_rows, n_items = scores.shape
+    take = min(k, n_items)
+    output = torch.full((n_rows, k), -1, dtype=torch.long)
+    if n_rows == 0 or take == 0:
+        return output
+    values, items = torch.topk(scores, take, dim=1)
+    if torch.isnan(values).any():
+        raise ValueError("NaN")
+    threshold = values[:, -1:]
+    ambiguous = (threshold[:, 0] > float("-inf")) & ((scores >= threshold).sum(dim=1) > take)
+    items, by_index = torch.sort(items, dim=1)
+    values = torch.gather(values, 1, by_index)
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices
+    chosen = torch.gather(items, 1, order)
+    chosen[torch.gather(values, 1, order) == float("-inf")] = -1
+    if ambiguous.any():
+        rows = ambiguous.nonzero().squeeze(1)
+        tied, t = scores[rows], threshold[rows]
+        above, at_t = tied > t, tied == t
+        room = take - above.sum(dim=1, keepdim=True)
+        selected = above | (at_t & (torch.cumsum(at_t, dim=1) <= room))
+        sel_rows, sel_items = selected.nonzero(as_tuple=True)
+        sel_items = sel_items.view(-1, take)
+        sel_values = tied[sel_rows, sel_items.reshape(-1)].view(-1, take)
+        by_score = torch.sort(sel_values, dim=1, descending=True, stable=True).indices
+        chosen[rows] = torch.gather(sel_items, 1, by_score)
+    output[:, :take] = chosen
+    return output
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n_rows=st.integers(0, 12),
+    n_items=st.integers(1, 40),
+    k=st.integers(1, 45),
+    levels=st.integers(1, 4),
+    inf_share=st.sampled_from([0.0, 0.2, 0.6, 1.0]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    chunk=st.sampled_from([1, 7, 1 << 22]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_tie_rule_equals_legacy_rule(n_rows, n_items, k, levels, inf_share, dtype, chunk, seed):
+    """select_topk's tie test from topk(k+1) gives exactly the legacy output on tie-heavy blocks (a few
+    score levels, -inf, +inf, whole rows of one value), whatever the chunking of the tie path."""
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, levels, (n_rows, n_items)).astype(np.float64)
+    scores[rng.random((n_rows, n_items)) < inf_share * 0.5] = -np.inf
+    scores[rng.random((n_rows, n_items)) < 0.05] = np.inf
+    block = torch.from_numpy(scores).to(dtype)
+    original = block.clone()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ranking, "TIE_CHUNK_ENTRIES", chunk)
+        chosen = select_topk(block, k)
+    np.testing.assert_array_equal(chosen.numpy(), legacy_select_topk(block, k).numpy())
+    np.testing.assert_array_equal(chosen.numpy(), reference_topk(scores, np.zeros_like(scores, bool), k))
+    assert torch.equal(block, original)
+
+
+def test_tie_rule_on_random_float_blocks_and_cut_at_every_position():
+    rng = np.random.default_rng(5)
+    scores = torch.from_numpy(rng.standard_normal((64, 300)).astype(np.float32))
+    scores[::3, 100:200] = scores[::3, 150:151]  # rows with a 100-way tie somewhere in the list
+    for k in (1, 5, 20, 299, 300, 301):
+        np.testing.assert_array_equal(select_topk(scores, k).numpy(), legacy_select_topk(scores, k).numpy())
+
+
+# --------------------------------------------------------------------------- masking without a copy
+
+
+def stored_scores(kind: str, scores: np.ndarray, inference: bool = True):
+    """score_fn returning views of a stored table (the caller's memory) in several layouts; the table is an
+    inference tensor (masked in place, then restored) or a normal one (masked in a copy)."""
+    with torch.inference_mode(inference):
+        table = torch.from_numpy(scores.copy())
+        transposed = torch.from_numpy(np.ascontiguousarray(scores.T)).T  # same values, column-major memory
+
+    def score_fn(users: torch.Tensor) -> torch.Tensor:
+        if kind == "slice":  # users are 0..B-1 in one batch: a plain view of the table
+            return table[: users.numel()]
+        if kind == "transposed":
+            return transposed[: users.numel()]
+        return table[:1].expand(users.numel(), -1)  # entries share memory: cannot be masked in place
+
+    return score_fn, (table, transposed)
+
+
+@pytest.mark.parametrize("inference", [True, False])
+@pytest.mark.parametrize("kind", ["slice", "transposed", "expanded"])
+def test_stored_scores_are_masked_and_restored(kind, inference):
+    scores, excluded = tied_problem(seed=7, n_users=12, n_items=30)
+    if kind == "expanded":
+        scores = np.repeat(scores[:1], 12, axis=0)
+    score_fn, stored = stored_scores(kind, scores, inference)
+    before = [tensor.clone() for tensor in stored]
+    versions = [tensor._version for tensor in stored] if not inference else None
+    topk = full_ranking_topk(score_fn, np.arange(12), sp.csr_matrix(excluded), k=9, batch_size=12)
+    np.testing.assert_array_equal(topk, reference_topk(scores, excluded, k=9))
+    assert all(torch.equal(tensor, copy) for tensor, copy in zip(stored, before, strict=True))
+    if not inference:  # a normal tensor is never written to (its autograd version is unchanged)
+        assert [tensor._version for tensor in stored] == versions
+
+
+def test_scorer_blocks_are_masked_without_a_copy(monkeypatch):
+    copies = []
+    clone = torch.Tensor.clone
+
+    def counting_clone(self, *args, **kwargs):
+        copies.append(tuple(self.shape))
+        return clone(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "clone", counting_clone)
+    scores, excluded = tied_problem(seed=9)
+    topk = full_ranking_topk(lookup(scores), np.arange(50), sp.csr_matrix(excluded), k=7, batch_size=16)
+    np.testing.assert_array_equal(topk, reference_topk(scores, excluded, k=7))
+    assert copies == []
+
+
+def test_scores_are_restored_when_nan_raises():
+    scores = np.array([[1.0, np.nan, 3.0], [0.5, 0.2, 0.1]], dtype=np.float32)
+    score_fn, (table, _) = stored_scores("slice", scores)
+    before = table.clone()
+    with pytest.raises(ValueError, match="NaN"):
+        full_ranking_topk(score_fn, np.array([0, 1]), sp.csr_matrix(np.eye(2, 3, dtype=np.float32)), k=2)
+    np.testing.assert_array_equal(table.numpy(), before.numpy())  # NaN compares equal here
+
+
+def test_integer_scores_rank_like_their_values():
+    rng = np.random.default_rng(8)
+    scores = rng.integers(-3, 3, (15, 25)).astype(np.int64)
+    excluded = rng.random((15, 25)) < 0.3
+    topk = full_ranking_topk(lookup(scores), np.arange(15), sp.csr_matrix(excluded), k=6, batch_size=4)
+    np.testing.assert_array_equal(topk, reference_topk(scores.astype(np.float64), excluded, k=6))
+
+
+# --------------------------------------------------------------------------- the benchmark script
+
+
+def test_bench_ranking_script_runs_on_a_tiny_size(tmp_path, monkeypatch):
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_ranking.py"
+    spec = importlib.util.spec_from_file_location("bench_ranking", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # main() sets them; restored after the test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    threads = torch.get_num_threads()
+    out = tmp_path / "bench_ranking.json"
+    argv = ["--sizes", "300x500,1kx50", "--max-users", "200", "--repeats", "2", "--batch-size", "32"]
+    try:
+        report = bench.main([*argv, "--chunk-batches", "2", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(out.read_text()) == report
+    first, second = report["results"]
+    assert (first["users"], first["items"], first["timed_users"], first["rows_differing"]) == (
+        300,
+        500,
+        200,
+        0,
+    )
+    assert len(first["seconds"]["fairbench"]) == len(first["seconds"]["naive"]) == 2
+    assert len(first["chunk_ratios"]) == 2 * 4 and first["ratio"] > 0 and first["paired_ratio"] > 0
+    assert len(first["cpu_chunk_ratios"]) == 2 * 4 and first["cpu_paired_ratio"] > 0
+    assert second["est_seconds_all_users"]["naive"] == pytest.approx(5 * second["median_seconds"]["naive"])
+    assert bench.parse_sizes("1Mx10k,2.5kx7") == [(1_000_000, 10_000), (2_500, 7)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,7 +34,7 @@ from fairbench.metrics.popularity import (
 def evaluate_topk(
     topk: np.ndarray,
     truth: sp.spmatrix,
-    item_groups: np.ndarray | None = None,
+    item_groups: np.ndarray | Mapping[str, np.ndarray] | None = None,
     history: sp.spmatrix | None = None,
     ks: Sequence[int] = (20,),
     utility: UtilityName = "recall",
@@ -48,7 +48,9 @@ def evaluate_topk(
             columns are read; a narrower array is treated as padded with -1.
         truth: CSR [U, I] held-out items (any stored non-zero is relevant); row u belongs to ``topk[u]``
             (pass ``truth[users]`` for lists ranked by ``full_ranking_topk(..., users, ...)``).
-        item_groups: bool/0-1 [I, G] membership (an item may be in several groups, or none).
+        item_groups: bool/0-1 [I, G] membership (an item may be in several groups, or none), or a mapping
+            ``{kind: membership}`` of several groupings (e.g. popularity and genre groups) that are all
+            evaluated from the same hit matrix; their keys are then prefixed ``<kind>/`` (see below).
         history: CSR [U', I] training interactions. Only column sums and interaction totals are used, so
             its rows need not align with ``topk`` (pass the full training matrix).
         ks: cut-offs. utility: "recall" | "ndcg" | "hr", the per-user utility behind CV / MIN.
@@ -69,6 +71,10 @@ def evaluate_topk(
             the evaluated users' top-K lists and GP_ref the interactions of all rows of ``history``
             (IFairLRS takes the histories of the evaluated samples: pass those rows to reproduce that).
         with history: ``arp@K``, ``aplt@K``.
+        With a mapping ``{kind: membership}`` the group keys above become ``<kind>/cv@K``, ``<kind>/min@K``,
+        ``<kind>/utility@K/<g>``, ``<kind>/mgu@K``, ``<kind>/dgu@K``, ``<kind>/gu@K/<g>`` for every kind, with
+        exactly the values that a separate call with ``item_groups=membership`` returns; the other keys are
+        computed once.
     Padding (-1) is never an item: never a hit, not covered, not counted by gini or GP_rec; ARP averages
     over the real items of a list (users with none are left out), APLT divides by K (Elliot).
     Undefined values are NaN: user means when no user has truth, gini / GU when no list holds an item, ARP
@@ -109,26 +115,39 @@ def evaluate_topk(
                 f"history has {training.shape[1]} items but truth has {n_items}; they must match"
             )
 
-    if item_groups is not None:
-        membership = check_item_groups(item_groups, n_items)
+    popularity = item_popularity(training) if training is not None else None
+    for prefix, groups in group_kinds(item_groups).items():
+        membership = check_item_groups(groups, n_items)
         table = group_utility_table(lists, hits, truth, membership, ks, utility, group_normalization)
-        warn_empty_groups(table)
+        warn_empty_groups(table, prefix.rstrip("/"))
         for k_index, k in enumerate(ks):
-            results[f"cv@{k}"] = coefficient_of_variation(table[k_index])
-            results[f"min@{k}"] = bottom_quartile_mean(table[k_index])
-            results.update({f"utility@{k}/{g}": float(v) for g, v in enumerate(table[k_index])})
-        if training is not None:
-            reference = group_proportions(item_popularity(training), membership)
+            results[f"{prefix}cv@{k}"] = coefficient_of_variation(table[k_index])
+            results[f"{prefix}min@{k}"] = bottom_quartile_mean(table[k_index])
+            results.update({f"{prefix}utility@{k}/{g}": float(v) for g, v in enumerate(table[k_index])})
+        if popularity is not None:
+            reference = group_proportions(popularity, membership)
             gaps = group_proportions(counts, membership) - reference  # [len(ks), G]
             for k_index, k in enumerate(ks):
-                results[f"mgu@{k}"], results[f"dgu@{k}"] = group_unfairness(gaps[k_index])
-                results.update({f"gu@{k}/{g}": float(v) for g, v in enumerate(gaps[k_index])})
+                results[f"{prefix}mgu@{k}"], results[f"{prefix}dgu@{k}"] = group_unfairness(gaps[k_index])
+                results.update({f"{prefix}gu@{k}/{g}": float(v) for g, v in enumerate(gaps[k_index])})
 
-    if training is not None:
-        popularity = item_popularity(training)
+    if popularity is not None:
         arp = average_recommendation_popularity(lists, popularity, ks)
         aplt = average_percentage_long_tail(lists, long_tail_mask(popularity), ks)
         for k_index, k in enumerate(ks):
             results[f"arp@{k}"] = float(arp[k_index])
             results[f"aplt@{k}"] = float(aplt[k_index])
     return results
+
+
+def group_kinds(item_groups: np.ndarray | Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """``{key prefix: membership}``: ``{"": item_groups}`` for one membership matrix, ``{"<kind>/": m}`` for
+    every entry of a mapping, ``{}`` for None."""
+    if item_groups is None:
+        return {}
+    if not isinstance(item_groups, Mapping):
+        return {"": item_groups}
+    for kind in item_groups:
+        if not isinstance(kind, str) or not kind or "/" in kind:
+            raise ValueError(f"item group kind {kind!r} must be a non-empty string without '/'")
+    return {f"{kind}/": groups for kind, groups in item_groups.items()}

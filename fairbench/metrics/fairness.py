@@ -142,12 +142,14 @@ def group_utilities(
     return table
 
 
-def warn_empty_groups(table: np.ndarray) -> None:
-    """RuntimeWarning naming the groups whose utility is NaN because no evaluated user has items in them."""
+def warn_empty_groups(table: np.ndarray, kind: str = "") -> None:
+    """RuntimeWarning naming the groups (of grouping ``kind``, if given) whose utility is NaN because no
+    evaluated user has items in them."""
     empty = np.flatnonzero(np.isnan(table).all(axis=0))
     if empty.size:
+        which = f"{kind} item groups" if kind else "item groups"
         warnings.warn(
-            f"item groups {empty.tolist()} have no held-out items among the evaluated users: their utility "
+            f"{which} {empty.tolist()} have no held-out items among the evaluated users: their utility "
             "is NaN and they are left out of CV and MIN",
             RuntimeWarning,
             stacklevel=3,
