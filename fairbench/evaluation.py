@@ -206,17 +206,18 @@ def metrics_from_topk(
     popularity for ARP/APLT and the reference group shares GP_ref of GU).
     """
     common = dict(ks=tuple(cfg.ks), utility=cfg.utility, group_normalization=cfg.group_normalization)
-    metrics = dict(evaluate_topk(topk, truth, history=history, **common))
+    memberships = {kind: groups[kind].membership for kind in cfg.group_kinds}  # all kinds from one hit matrix
+    computed = evaluate_topk(topk, truth, item_groups=memberships, history=history, **common)
+    metrics = {key: value for key, value in computed.items() if "/" not in key}
     rows = []
     for kind in cfg.group_kinds:
         item_groups = groups[kind]
-        grouped = evaluate_topk(topk, truth, item_groups=item_groups.membership, history=history, **common)
         for k in cfg.ks:
             for name in GROUP_METRICS:
-                metrics[f"{kind}/{name}@{k}"] = grouped[f"{name}@{k}"]
+                metrics[f"{kind}/{name}@{k}"] = computed[f"{kind}/{name}@{k}"]
             for index, group_name in enumerate(item_groups.names):
-                utility = grouped[f"utility@{k}/{index}"]
-                gu = grouped[f"gu@{k}/{index}"]
+                utility = computed[f"{kind}/utility@{k}/{index}"]
+                gu = computed[f"{kind}/gu@{k}/{index}"]
                 metrics[f"{kind}/utility@{k}/{group_name}"] = utility
                 metrics[f"{kind}/gu@{k}/{group_name}"] = gu
                 rows.append(
