@@ -18,11 +18,13 @@ from fairbench.backbones.base import TextEncoder
 from fairbench.backbones.causal_lm import (
     CausalLMBackbone,
     LoRASettings,
+    accepts_logits_to_keep,
     adapter_state_dict,
     adapters_disabled,
     load_adapter_state_dict,
     sequence_losses,
     trainable_parameters,
+    unwrap,
 )
 from fairbench.errors import UserError
 from fairbench.models.grounding import last_token_embeddings
@@ -236,7 +238,7 @@ def test_sequence_losses_match_a_hand_computation(tiny_backbone, monkeypatch):  
     np.testing.assert_allclose(losses.detach().numpy(), expected, rtol=1e-4)
     assert losses[2] == 0.0
     # the same without logits_to_keep (models whose forward lacks it)
-    monkeypatch.setattr(causal_lm_module, "_accepts_logits_to_keep", lambda model: False)
+    monkeypatch.setattr(causal_lm_module, "accepts_logits_to_keep", lambda model: False)
     full = sequence_losses(tiny_backbone.lm, **batch).detach().numpy()
     np.testing.assert_allclose(full, expected, rtol=1e-4)
 
@@ -260,3 +262,18 @@ def test_encoder_vectors_use_the_base_model(tiny_backbone):  # noqa: F811
     assert np.allclose(tiny_backbone.encode(titles, batch_size=3), base, atol=1e-5)  # adapters disabled
     with_adapters = last_token_embeddings(model, tiny_backbone.tokenizer, titles).numpy()
     assert not np.allclose(with_adapters, base, atol=1e-3)
+
+
+def test_wrapped_models_are_unwrapped(tiny_backbone):  # noqa: F811
+    model = tiny_backbone.attach_lora(LoRASettings())
+    _perturb_lora(model)
+    wrapped = torch.nn.DataParallel(model)
+    assert unwrap(wrapped) is model and accepts_logits_to_keep(wrapped)
+    batch = _batch(tiny_backbone.tokenizer, ['"Heat (1995)"'])
+    with torch.no_grad(), adapters_disabled(wrapped):
+        disabled = model(**batch).logits
+    with torch.no_grad():
+        base = model.get_base_model()
+        with model.disable_adapter():
+            expected = base(**batch).logits
+    assert torch.equal(disabled, expected)

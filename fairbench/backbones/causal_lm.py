@@ -404,9 +404,9 @@ def load_adapter_state_dict(model: Any, state: dict[str, torch.Tensor]) -> None:
 
 @contextlib.contextmanager
 def adapters_disabled(model: Any) -> Iterator[Any]:
-    """Run the base model: inside the block a peft model behaves as if it had no adapters (a plain model is
-    yielded unchanged)."""
-    disable = getattr(model, "disable_adapter", None)
+    """Run the base model: inside the block a peft model (also inside DDP) behaves as if it had no adapters;
+    a plain model is yielded unchanged."""
+    disable = getattr(unwrap(model), "disable_adapter", None)
     if disable is None:
         yield model
         return
@@ -425,8 +425,23 @@ def eval_mode(model: Any) -> Iterator[Any]:
         model.train(was_training)
 
 
-def _accepts_logits_to_keep(model: Any) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+def unwrap(model: Any) -> Any:
+    """The model inside ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile`` wrappers."""
+    import torch
+
+    while True:
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model, torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the (unwrapped, base) model's forward takes ``logits_to_keep`` (recent transformers)."""
+    base = unwrap(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
@@ -445,7 +460,7 @@ def sequence_losses(
     targets = labels[:, 1:]
     keep = torch.nonzero((targets != -100).any(dim=0)).squeeze(1)
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    if _accepts_logits_to_keep(model):
+    if accepts_logits_to_keep(model):
         logits = model(**kwargs, logits_to_keep=keep).logits  # [B, K, V]
     else:
         logits = model(**kwargs).logits[:, keep]
