@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from fairbench.backbones import backbone_spec, build_encoder
@@ -26,6 +25,7 @@ from fairbench.backbones.causal_lm import (
     trainable_parameters,
     unwrap,
 )
+from fairbench.config import compose_config
 from fairbench.errors import UserError
 from fairbench.models.grounding import last_token_embeddings
 from tests.helpers.tiny_lm import (  # noqa: F401  (fixtures)
@@ -78,11 +78,15 @@ def test_packaged_alias_resolves_to_the_shipped_gguf():
 
 
 def test_shipped_config_builds_the_backbone():
-    cfg = OmegaConf.load(CONF)
-    spec = backbone_spec(cfg)
+    cfg = compose_config(["backbone=smollm2-135m"])
+    spec = backbone_spec(cfg.backbone)
     encoder = build_encoder(spec.encoder, device="cpu")
     assert isinstance(encoder, CausalLMBackbone) and encoder.model == "smollm2-135m" and encoder.lm is None
     assert spec.template == "{title}"
+    assert encoder.converted_folder() == Path(cfg.paths.cache_dir).expanduser() / "models" / (
+        f"SmolLM2-135M-Instruct.Q4_1-{encoder.converted_folder().name.rsplit('-', 1)[1]}"
+    )
+    assert CausalLMBackbone(model=str(CONF.parent)).converted_folder() is None  # not GGUF
 
 
 def _hide_module(monkeypatch, name: str) -> None:
@@ -277,3 +281,32 @@ def test_wrapped_models_are_unwrapped(tiny_backbone):  # noqa: F811
         with model.disable_adapter():
             expected = base(**batch).logits
     assert torch.equal(disabled, expected)
+
+
+def test_converted_gguf_copy_is_used_once_complete(tmp_path, tiny_backbone):  # noqa: F811
+    """The conversion cache's mechanics, with the tiny model standing in for a dequantised GGUF."""
+    (tmp_path / "gguf").mkdir()
+    (tmp_path / "gguf" / "tiny.Q4_0.gguf").write_bytes(b"GGUF")  # never parsed below
+    cache = tmp_path / "models"
+
+    def backbone(dtype: str = "float32") -> CausalLMBackbone:
+        return CausalLMBackbone(
+            model=str(tmp_path / "gguf" / "tiny.Q4_0.gguf"), dtype=dtype, convert_cache=str(cache)
+        )
+
+    first = backbone()
+    folder = first.converted_folder()
+    assert folder.parent == cache and folder.name.startswith("tiny.Q4_0-")
+    assert first._read_from() == (str(tmp_path / "gguf"), first._pretrained_kwargs(), True)
+    first._save_converted(tiny_backbone.lm, tiny_backbone.tokenizer)
+    assert sorted(p.name for p in cache.iterdir()) == [folder.name]  # no temporary folder left
+    second = backbone()
+    source, kwargs, is_gguf = second._read_from()
+    assert source == str(folder) and not is_gguf and "gguf_file" not in kwargs
+    second.load()  # from the converted folder: the GGUF placeholder is never read
+    batch = _batch(second.tokenizer, ['"Heat (1995)"'])
+    with torch.no_grad():
+        assert torch.equal(second.lm(**batch).logits, tiny_backbone.lm(**batch).logits)
+    assert backbone("bfloat16").converted_folder() != folder  # the dtype is part of the key
+    (folder / "fairbench-gguf.json").write_text("{}")  # an incomplete or foreign copy is not used
+    assert backbone()._read_from()[2]
