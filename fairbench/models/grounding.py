@@ -57,7 +57,7 @@ def last_token_embeddings(
     """
     import torch
 
-    from fairbench.backbones.causal_lm import eval_mode
+    from fairbench.backbones.causal_lm import accepts_logits_to_keep, eval_mode
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"grounding batch_size must be an integer >= 1, got {batch_size!r}.")
@@ -75,6 +75,7 @@ def last_token_embeddings(
     )
     device = model_device(model)
     output = torch.empty((len(texts), int(model.config.hidden_size)), dtype=torch.float32)
+    extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}  # skip the unused LM head
     with eval_mode(model), torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
@@ -88,7 +89,7 @@ def last_token_embeddings(
                 position_ids=positions,
                 output_hidden_states=True,
                 use_cache=False,
-                logits_to_keep=1,
+                **extra,
             )
             output[torch.from_numpy(rows)] = out.hidden_states[-1][:, -1].float().cpu()
     return output
