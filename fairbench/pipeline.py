@@ -288,9 +288,11 @@ def train(
 
 
 def rank_splits(exp: Experiment) -> dict[str, Ranking]:
-    """Validation and test rankings, deep enough for the post-processor."""
+    """Test (and validation: for ``metric.final_valid`` or a post-processor fitted on it) rankings, deep
+    enough for the post-processor."""
     depth = exp.postprocessor.candidates(max(exp.metric.ks))
     unit = row_unit(exp.model, exp.metric)
+    splits = ["valid", "test"] if exp.metric.final_valid or exp.postprocessor.fits_on_validation else ["test"]
     return {
         split: rank(
             exp.model,
@@ -299,13 +301,14 @@ def rank_splits(exp: Experiment) -> dict[str, Ranking]:
             exp.trainer.eval_batch_size,
             exp.trainer.progress,
         )
-        for split in ("valid", "test")
+        for split in splits
     }
 
 
 def postprocess(exp: Experiment, rankings: dict[str, Ranking]) -> dict[str, Ranking]:
     """Fit the post-processor on the validation ranking, then rerank every split."""
-    exp.postprocessor.fit(rankings["valid"], exp.groups, exp.metric)
+    if exp.postprocessor.fits_on_validation:
+        exp.postprocessor.fit(rankings["valid"], exp.groups, exp.metric)
     k = max(exp.metric.ks)
     return {split: exp.postprocessor.apply(ranking, k) for split, ranking in rankings.items()}
 

@@ -17,6 +17,9 @@ from fairbench.evaluation import MetricConfig, Ranking
 class PostProcessor:
     """Base class of rerankers."""
 
+    #: whether :meth:`fit` needs the validation ranking (the identity does not)
+    fits_on_validation: bool = True
+
     def candidates(self, k: int) -> int:
         """Items per row the ranking stage must return for final lists of ``k``."""
         return k

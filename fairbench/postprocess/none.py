@@ -11,6 +11,8 @@ from fairbench.postprocess.base import PostProcessor
 class KeepRanking(PostProcessor):
     """Identity: returns the first ``k`` items of each list."""
 
+    fits_on_validation = False
+
     def apply(self, ranking: Ranking, k: int) -> Ranking:
         scores = ranking.scores[:, :k] if ranking.scores is not None else None
         return dataclasses.replace(ranking, items=ranking.items[:, :k], scores=scores)
