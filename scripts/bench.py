@@ -11,9 +11,11 @@ Stages, each in a fresh subprocess so that peak RSS belongs to that stage alone:
   models                      seconds per epoch and peak memory of every recommender (scripts/bench_models.py)
   methods                     seconds per epoch of every fairness method relative to ERM, measured in the same
                               process (scripts/bench_methods.py)
-  ranking                     synthetic full ranking, fairbench vs a naive batched GEMM + mask + topk loop in the
-                              same run (scripts/bench_ranking.py, its default sizes)
-The three sub-benchmarks run with one torch thread (stabler on shared machines); ``--skip-sub`` leaves them out.
+  ranking                     synthetic full ranking, fairbench vs a naive batched GEMM + mask + topk loop
+                              in the same run (scripts/bench_ranking.py, its default sizes)
+  generative                  BIGRec's SFT tokens/s (and a plain HF Trainer's), generation samples/s,
+                              grounding ms per 1,000 (scripts/bench_generative.py)
+The sub-benchmarks run with one torch thread (stabler on shared machines); ``--skip-sub`` leaves them out.
 Timings are noisy on shared machines; compare ratios measured in the same run. Results go to
 outputs/bench/bench.json and are printed as a table.
 """
@@ -151,6 +153,7 @@ def main(overrides: list[str]) -> None:
         report["models"] = run_sub_benchmark("bench_models.py", out_root / "models.json", overrides, env)
         report["methods"] = run_sub_benchmark("bench_methods.py", out_root / "methods.json", overrides, env)
         report["ranking"] = run_sub_benchmark("bench_ranking.py", out_root / "bench_ranking.json", [], env)
+        report["generative"] = run_sub_benchmark("bench_generative.py", out_root / "generative.json", [], env)
     (out_root / "bench.json").write_text(json.dumps(report, indent=2))
     print(f"{'stage':<14} {'wall s':>8} {'peak MB':>8}  detail")
     for row in rows:
