@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import itertools
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+import yaml
 
 from fairbench.errors import UserError
 from fairbench.methods import solvers
@@ -318,3 +323,34 @@ def test_logged_group_weights_favour_the_higher_loss_group_with_the_papers_sign(
     assert true[0]["weights"][0] > 0.6
     separate = train_skewed(BiFairSeparate(), epochs=2)
     assert separate[0]["weights"][1] > 0.6
+
+
+def test_weights_script_collects_the_logged_epochs(tmp_path):
+    """scripts/bifair_weights.py: the per-epoch lines of each job's train.log -> CSV and plot."""
+    sweep = tmp_path / "sweep"
+    lines = {
+        ("pop", 0): "bifair epoch 0: mean group weights [0.2, 0.8], mean group losses [4.1, 5.2]\n"
+        "bifair epoch 1: mean group weights [0.3, 0.7], mean group losses [4.0, 5.0]\n",
+        (
+            "genre",
+            1,
+        ): "bifair epoch 0: mean group weights [0.5, 0.3, 0.2], mean group losses [5.0, 4.0, None]\n",
+    }
+    for job, ((groups, seed), text) in enumerate(lines.items()):
+        hydra_dir = sweep / str(job) / ".hydra"
+        hydra_dir.mkdir(parents=True)
+        (hydra_dir / "overrides.yaml").write_text(
+            yaml.safe_dump([f"seed={seed}", "method=bifair", "method.weighting=eq10_lp"])
+        )
+        method = {"_target_": "x", "groups": "popularity" if groups == "pop" else "genre"}
+        (hydra_dir / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "method": method}))
+        (sweep / str(job) / "train.log").write_text("[x][fairbench.methods.bifair][INFO] - " + text)
+    out = tmp_path / "weights.png"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bifair_weights.py"
+    subprocess.run([sys.executable, str(script), "--sweep-dir", str(sweep), "--out", str(out)], check=True)
+    frame = pd.read_csv(out.with_suffix(".csv"))
+    assert out.exists() and len(frame) == 2 * 2 + 3
+    assert set(frame["method"]) == {"bifair [weighting=eq10_lp]"}
+    tail = frame[(frame["groups"] == "pop") & (frame["group"] == 1)]
+    assert tail["weight"].tolist() == [0.8, 0.7] and tail["loss"].tolist() == [5.2, 5.0]
+    assert frame[frame["groups"] == "genre"]["loss"].isna().sum() == 1
