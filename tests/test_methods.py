@@ -241,11 +241,13 @@ def test_fair_group_weights_are_the_frank_wolfe_weights_of_the_groups_eq_11():
     vectors = torch.cat([grads, (c @ grads)[None]])
     w = torch.as_tensor(frank_wolfe_weights(vectors @ vectors.T, 50))
     # Eq. 11: d = sum over the groups only, w* renormalised to the simplex over the groups (Eq. 9)
-    weights = fair_group_weights(losses, grads, iterations=50)
+    weights = fair_group_weights(losses, grads, iterations=50, entropy_sign="true_gradient")
     torch.testing.assert_close(weights, w[:2] / w[:2].sum())
     assert (weights >= 0).all() and float(weights.sum()) == pytest.approx(1.0)
     # min_norm: the min-norm point of the whole set, entropy vector included
-    min_norm = fair_group_weights(losses, grads, iterations=50, direction="min_norm")
+    min_norm = fair_group_weights(
+        losses, grads, iterations=50, direction="min_norm", entropy_sign="true_gradient"
+    )
     torch.testing.assert_close(min_norm @ grads, w @ vectors)
     torch.testing.assert_close(
         fair_group_weights(losses[:1], grads[:1], 50), torch.ones(1, dtype=torch.float64)

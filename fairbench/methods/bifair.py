@@ -7,13 +7,30 @@ membership-weighted means, see ``grouping``):
 
 1. per-group gradients g_n = grad_theta l_n(theta, Z) from one forward pass (one backward per group);
 2. fairness-aware weights (Sec. 3.3, Algorithm 2): Frank-Wolfe on the Gram matrix of the gradient set
-   {g_1, .., g_N, -grad H_s}, where -grad H_s = sum_n c_n g_n with c_n = p_n log p_n - p_n sum_i p_i log p_i
-   and p = softmax(l) (Eq. 10, App. A), gives w in the simplex over N + 1 vectors. The update direction is
-   Eq. 11, d = sum_{n<=N} w*_n g_n over the *group* gradients only, with w* in the simplex over the N groups
-   (Eq. 9): wt_n = w_n / sum_{m<=N} w_m (uniform if FW puts all weight on the entropy vector). The entropy
-   vector thus steers which groups are weighted up, but is not itself a step: its coefficients sum to zero,
-   so a step along it only trades loss between groups. ``update_direction=min_norm`` instead steps along the
-   min-norm point of the whole set, wt_n = w_n + w_{N+1} c_n (MGDA's common direction);
+   {g_1, .., g_N, -grad H_s}, p = softmax(l), gives w in the simplex over N + 1 vectors. The update
+   direction is Eq. 11, d = sum_{n<=N} w*_n g_n over the *group* gradients only, with w* in the simplex over
+   the N groups (Eq. 9): wt_n = w_n / sum_{m<=N} w_m (uniform if FW puts all weight on the entropy
+   vector). The entropy vector thus steers which groups are weighted up, but is not itself a step: its
+   coefficients sum to zero, so a step along it only trades loss between groups.
+   ``update_direction=min_norm`` instead steps along the min-norm point of the whole set (MGDA's common
+   direction).
+
+   The entropy vector's sign (``entropy_sign``). With c_n = p_n log p_n - p_n sum_i p_i log p_i, the paper
+   prints grad H_s = sum_n c_n g_n (App. A, Eq. 12, and the bracket of Eq. 10), so Algorithm 2's set holds
+   -grad H_s = -sum_n c_n g_n (``paper``, the default). The true gradient of H_s = -sum p log p is
+   -sum_n c_n g_n, the negative of the printed one; ``true_gradient`` puts -(true grad H_s) = sum_n c_n g_n
+   into the set (fairbench before issue 14). Only ``paper`` agrees with Eq. 10: its objective
+   d(w)^T sum_n c_n g_n is the first-order entropy gain of the step theta - eta d(w), largest when d follows
+   the high-loss groups, and with the printed sign the min-norm point's group entries go to those groups;
+   with ``true_gradient`` they go to the low-loss groups (measured on ml100k: head weight 0.96-1.00).
+   ``weighting=eq10_lp`` replaces Algorithm 2 by Eq. 10 itself: max_w d(w)^T sum_n (-e_n) g_n subject to
+   d(w)^T g_n >= 0 for all n, w in the simplex, with e the entropy vector's coefficients of the chosen sign,
+   a linear program (:func:`solvers.eq10_lp_weights`; always feasible, fallback: the groups' min-norm point).
+   ``gradient_normalization`` divides the group gradients by Sener & Koltun's normalisers (none, l2, loss,
+   loss+) before the Gram matrix (not published; the weights then multiply the raw gradients), and
+   ``weight_floor`` mixes wt with the uniform weights so every group keeps at least that much (a reading of
+   Sec. 3.3's "minimum guarantee for low-loss groups"; off by default). See :func:`fair_group_weights`.
+   Each epoch's mean group weights and group losses are logged (``bifair epoch N: ...``);
 3. inner step (Algorithm 1, line 4): theta moves along d_theta = sum_n wt_n g_n;
 4. outer step (Eqs. 5-7): with L = sum_n wt_n l_n, theta' = theta - xi d_theta, v = grad_theta' L(theta', Z),
    d_Z = grad_Z L(theta', Z) - xi [grad_Z L(theta+, Z) - grad_Z L(theta-, Z)] / (2 eps),
@@ -37,7 +54,8 @@ error O(eps) instead of O(eps^2)).
 The weights are computed once per step, after the inner direction and before the outer one (the paper computes
 w "only after determining the update directions", to avoid a tri-level problem); the Gram matrix uses the
 projector gradients, the paper's grad l_n(theta_t). Unpublished values are config keys: xi (default: theta's
-learning rate, DARTS's convention), fd_epsilon, fw_iterations, theta_lr, z_lr; and the cost options above.
+learning rate, DARTS's convention), fd_epsilon, fw_iterations, theta_lr, z_lr, gradient_normalization; and
+the cost options above.
 
 :class:`BiFairSeparate` is the paper's "Separate" ablation (Sec. 4.5): theta is trained with the same fair
 loss (Z frozen) until early stopping, then frozen at its best epoch while Z is trained with the fair loss
@@ -67,7 +85,8 @@ from fairbench.methods.grouping import (
     load_parameter_vector,
     parameter_vector,
 )
-from fairbench.methods.solvers import frank_wolfe_weights
+from fairbench.methods.multifr import gradient_normalizers
+from fairbench.methods.solvers import eq10_lp_weights, frank_wolfe_weights
 from fairbench.models.base import Batch, Recommender
 
 log = logging.getLogger(__name__)
@@ -75,36 +94,99 @@ log = logging.getLogger(__name__)
 Z_SET = "item_text_vectors"
 
 
+EntropySign = Literal["paper", "true_gradient"]
+Weighting = Literal["frank_wolfe", "eq10_lp"]
+Normalization = Literal["none", "l2", "loss", "loss+"]
+
+
+def entropy_vector_coefficients(losses: torch.Tensor, sign: EntropySign = "paper") -> torch.Tensor:
+    """e with Algorithm 2's entropy vector "-grad H_s" = sum_n e_n grad l_n (the (N+1)-th vector of its set).
+
+    With c_n = p_n log p_n - p_n sum_i p_i log p_i, p = softmax(l) (:func:`grouping.entropy_coefficients`):
+    the paper prints grad H_s = sum_n c_n grad l_n (App. A, Eq. 12; the bracket of Eq. 10), so its set holds
+    -grad H_s = -sum_n c_n grad l_n: ``paper`` gives e = -c. The true gradient of H = -sum p log p is
+    grad H = -sum_n c_n grad l_n (the printed expression is its negative), so -grad H = sum_n c_n grad l_n:
+    ``true_gradient`` gives e = c. In other words the paper's set holds the true +grad H.
+    """
+    if sign not in ("paper", "true_gradient"):
+        raise UserError(f"bifair: entropy_sign must be paper or true_gradient, got {sign}")
+    c = entropy_coefficients(losses)
+    return -c if sign == "paper" else c
+
+
+def normalized_gram(grads: torch.Tensor, losses: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """K = G_hat G_hat^T (float64) of the group gradients g_n / n_n, n_n Sener & Koltun's normaliser.
+
+    ``gradient_normalizers`` (isl-org/MultiObjectiveOptimization, as in MultiFR): none: n_n = 1; l2:
+    n_n = ||g_n||; loss: n_n = l_n; loss+: n_n = l_n ||g_n|| (clamped at 1e-12).
+    """
+    if normalization not in ("none", "l2", "loss", "loss+"):
+        raise UserError(
+            f"bifair: gradient_normalization must be none, l2, loss or loss+, got {normalization}"
+        )
+    g = grads.detach().double()
+    normalizers = gradient_normalizers(g, losses.detach().double(), normalization)
+    g = g / normalizers.clamp(min=1e-12)[:, None]
+    return g @ g.T
+
+
 def fair_group_weights(
     losses: torch.Tensor,
     grads: torch.Tensor,
     iterations: int,
     direction: Literal["groups", "min_norm"] = "groups",
+    entropy_sign: EntropySign = "paper",
+    weighting: Weighting = "frank_wolfe",
+    normalization: Normalization = "none",
+    floor: float = 0.0,
 ) -> torch.Tensor:
-    """Group weights wt [N] of BiFair's Algorithm 2 and Eq. 11 from group losses [N] and gradients [N, P].
+    """Group weights wt [N] of BiFair's Algorithm 2 (or Eq. 10) and Eq. 11 from group losses [N] and
+    gradients [N, P] (Sec. 3.3).
 
-    The gradient set is {g_1..g_N, -grad H_s} with -grad H_s = sum_n c_n g_n, so its Gram matrix is
-    A^T K A with K = grads grads^T and A = [I | c]; Frank-Wolfe gives w [N + 1]. ``groups`` (Eq. 11, w* in
-    the simplex over the groups): wt = w[:N] / sum(w[:N]), uniform when that sum vanishes. ``min_norm``:
-    wt = A w, the min-norm point of the whole set. With a single group: wt = [1].
+    K is the Gram matrix of the (optionally normalised, :func:`normalized_gram`) group gradients, e the
+    entropy vector's coefficients (:func:`entropy_vector_coefficients`, sign ``entropy_sign``).
+
+    ``frank_wolfe`` (Algorithm 2): the set {g_1..g_N, sum_n e_n g_n} has the Gram matrix A^T K A with
+    A = [I | e]; Frank-Wolfe gives w [N + 1]. ``groups`` (Eq. 11, w* in the simplex over the groups):
+    wt = w[:N] / sum(w[:N]), uniform when that sum vanishes. ``min_norm``: wt = A w, the min-norm point of
+    the whole set.
+
+    ``eq10_lp`` (Eq. 10 as printed): max_w d(w)^T sum_n (-e_n) g_n s.t. d(w)^T g_n >= 0, w in the simplex,
+    with d(w) = sum_n w_n g_n, solved as a linear program (:func:`solvers.eq10_lp_weights`; the maximised
+    vector -sum e_n g_n is the paper's printed grad H_s with ``entropy_sign=paper``). Its fallback, when the
+    solver finds no optimum, is the min-norm point of the group gradients.
+
+    ``floor`` f > 0 (a reading of Sec. 3.3's "minimum guarantee for low-loss groups", not in the paper's
+    equations): wt <- (1 - N f') wt + f' with f' = min(f, 1 / N), so every group keeps at least f'.
+    With a single group: wt = [1]. The weights are applied to the raw gradients, d = sum_n wt_n g_n.
     """
     if len(losses) == 1:  # H_s of one loss is constant: its gradient vanishes
         return torch.ones(1, dtype=grads.dtype, device=grads.device)
-    coefficients = entropy_coefficients(losses.detach().double())
-    combination = torch.cat(
-        [torch.eye(len(losses), dtype=torch.float64, device=losses.device), coefficients[:, None]], dim=1
-    )
-    gram = grads.double() @ grads.double().T
-    w = torch.as_tensor(
-        frank_wolfe_weights(combination.T @ gram @ combination, iterations), device=losses.device
-    )
-    if direction == "min_norm":
-        return (combination @ w).to(grads.dtype)
-    group_part = w[: len(losses)]
-    total = float(group_part.sum())
-    if total <= 1e-12:
-        return torch.full((len(losses),), 1.0 / len(losses), dtype=grads.dtype, device=grads.device)
-    return (group_part / total).to(grads.dtype)
+    n = len(losses)
+    e = entropy_vector_coefficients(losses.detach().double(), entropy_sign)
+    gram = normalized_gram(grads, losses, normalization)
+    if weighting == "eq10_lp":
+        w, _ = eq10_lp_weights(gram, -e.cpu().numpy())
+        weights = torch.as_tensor(w, dtype=torch.float64, device=losses.device)
+    elif weighting == "frank_wolfe":
+        combination = torch.cat([torch.eye(n, dtype=torch.float64, device=losses.device), e[:, None]], dim=1)
+        w = torch.as_tensor(
+            frank_wolfe_weights(combination.T @ gram @ combination, iterations), device=losses.device
+        )
+        if direction == "min_norm":
+            return (combination @ w).to(grads.dtype)
+        group_part = w[:n]
+        total = float(group_part.sum())
+        if total <= 1e-12:
+            weights = torch.full((n,), 1.0 / n, dtype=torch.float64, device=losses.device)
+        else:
+            weights = group_part / total
+    else:
+        raise UserError(f"bifair: weighting must be frank_wolfe or eq10_lp, got {weighting}")
+    if floor > 0:
+        least = min(floor, 1.0 / n)
+        weights = (1 - n * least) * weights + least
+    return weights.to(grads.dtype)
 
 
 def finite_difference_hvp(
@@ -164,10 +246,32 @@ class BiFair(FairnessMethod):
         gradient_space: Literal["parameters", "representation"] = "parameters",
         fd_scheme: Literal["central", "forward"] = "central",
         update_direction: Literal["groups", "min_norm"] = "groups",
+        entropy_sign: EntropySign = "paper",
+        weighting: Weighting = "frank_wolfe",
+        gradient_normalization: Normalization = "none",
+        weight_floor: float = 0.0,
     ) -> None:
         if update_direction not in ("groups", "min_norm"):
             raise UserError(f"bifair: update_direction must be groups or min_norm, got {update_direction}")
         self.update_direction = update_direction
+        if entropy_sign not in ("paper", "true_gradient"):
+            raise UserError(f"bifair: entropy_sign must be paper or true_gradient, got {entropy_sign}")
+        if weighting not in ("frank_wolfe", "eq10_lp"):
+            raise UserError(f"bifair: weighting must be frank_wolfe or eq10_lp, got {weighting}")
+        if gradient_normalization not in ("none", "l2", "loss", "loss+"):
+            raise UserError(
+                "bifair: gradient_normalization must be none, l2, loss or loss+, "
+                f"got {gradient_normalization}"
+            )
+        if not 0.0 <= weight_floor < 1.0:
+            raise UserError(f"bifair: weight_floor must be in [0, 1), got {weight_floor}")
+        if update_direction == "min_norm" and (weighting != "frank_wolfe" or weight_floor > 0):
+            raise UserError(
+                "bifair: update_direction=min_norm steps along Frank-Wolfe's min-norm point; it needs "
+                "weighting=frank_wolfe and weight_floor=0"
+            )
+        self.entropy_sign, self.weighting = entropy_sign, weighting
+        self.gradient_normalization, self.weight_floor = gradient_normalization, float(weight_floor)
         if gradient_space not in ("parameters", "representation"):
             raise UserError(
                 f"bifair: gradient_space must be parameters or representation, got {gradient_space}"
@@ -187,6 +291,42 @@ class BiFair(FairnessMethod):
         self.fd_epsilon, self.fw_iterations = fd_epsilon, fw_iterations
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.steps: dict[str, int] = {"theta": 0, Z_SET: 0}
+        self.weight_log: list[dict] = []  # one entry per epoch: mean group weights and group losses
+        self._reset_epoch_sums(0)
+
+    def _reset_epoch_sums(self, n_groups: int) -> None:
+        self.weight_sum = torch.zeros(n_groups, dtype=torch.float64)
+        self.loss_sum = torch.zeros(n_groups, dtype=torch.float64)
+        self.loss_count = torch.zeros(n_groups, dtype=torch.float64)
+        self.step_count = 0
+
+    def group_weights(self, losses: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """wt of the present groups with this method's options (:func:`fair_group_weights`), recorded for
+        the epoch's log."""
+        return fair_group_weights(
+            losses,
+            grads,
+            self.fw_iterations,
+            self.update_direction,
+            entropy_sign=self.entropy_sign,
+            weighting=self.weighting,
+            normalization=self.gradient_normalization,
+            floor=self.weight_floor,
+        )
+
+    def record(self, present: torch.Tensor, losses: torch.Tensor, weights: torch.Tensor) -> None:
+        """Add one step's group weights and losses to the epoch sums (absent groups count weight 0)."""
+        n_groups = int(present.max()) + 1 if len(present) else 0
+        if len(self.weight_sum) < n_groups:
+            pad = n_groups - len(self.weight_sum)
+            self.weight_sum = torch.cat([self.weight_sum, torch.zeros(pad, dtype=torch.float64)])
+            self.loss_sum = torch.cat([self.loss_sum, torch.zeros(pad, dtype=torch.float64)])
+            self.loss_count = torch.cat([self.loss_count, torch.zeros(pad, dtype=torch.float64)])
+        index = present.cpu()
+        self.weight_sum[index] += weights.detach().double().cpu()
+        self.loss_sum[index] += losses.detach().double().cpu()
+        self.loss_count[index] += 1
+        self.step_count += 1
 
     # ------------------------------------------------------------------------------------------- set-up
 
@@ -253,11 +393,8 @@ class BiFair(FairnessMethod):
             present = torch.nonzero(grouped.present).flatten()
             values = grouped.values[present]
             grads = flat_gradients(list(values), self.theta, retain_graph=with_z_grad)
-            weights = (
-                fair_group_weights(values, grads, self.fw_iterations, self.update_direction)
-                if len(present)
-                else grads[:, 0]
-            )
+            weights = self.group_weights(values, grads) if len(present) else grads[:, 0]
+            self.record(present, values, weights)
             z_grad = None
             if with_z_grad and len(present):
                 z_grad = flat_gradient((weights.detach() * values).sum(), self.z, retain_graph=False)
@@ -271,7 +408,8 @@ class BiFair(FairnessMethod):
         rep_grads = flat_gradients(list(values), [shared], retain_graph=False)
         if len(present) == 0:
             return InnerStep(losses.detach(), present, rep_grads[:, 0], torch.zeros(0), None)
-        weights = fair_group_weights(values, rep_grads, self.fw_iterations, self.update_direction)
+        weights = self.group_weights(values, rep_grads)
+        self.record(present, values, weights)
         params = self.theta + (self.z if with_z_grad else [])
         grads = torch.autograd.grad(
             encoding, params, grad_outputs=(weights @ rep_grads).view_as(encoding), allow_unused=True
@@ -338,6 +476,26 @@ class BiFair(FairnessMethod):
         self.apply(optimizers, {"theta": inner.d_theta, Z_SET: d_z})
         return {"loss": float(inner.losses.mean())}
 
+    def on_epoch_end(self, epoch: int) -> None:
+        """Log the epoch's mean group weights (over its steps; 0 where a group is absent) and mean group
+        losses (over the steps where the group is present), as ITFR logs its weights; kept in
+        ``weight_log``."""
+        steps = max(self.step_count, 1)
+        weights = (self.weight_sum / steps).tolist()
+        losses = [
+            round(total / count, 4) if count else None
+            for total, count in zip(self.loss_sum.tolist(), self.loss_count.tolist(), strict=True)
+        ]
+        self.weight_log.append({"epoch": epoch, "weights": weights, "losses": losses})
+        log.info(
+            "%s epoch %d: mean group weights %s, mean group losses %s",
+            self.name,
+            epoch,
+            [round(w, 4) for w in weights],
+            losses,
+        )
+        self._reset_epoch_sums(len(self.weight_sum))
+
     # --------------------------------------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
@@ -367,6 +525,10 @@ class BiFairSeparate(BiFair):
         fw_iterations: int = 100,
         gradient_space: Literal["parameters", "representation"] = "parameters",
         update_direction: Literal["groups", "min_norm"] = "groups",
+        entropy_sign: EntropySign = "paper",
+        weighting: Weighting = "frank_wolfe",
+        gradient_normalization: Normalization = "none",
+        weight_floor: float = 0.0,
     ) -> None:
         super().__init__(
             groups=groups,
@@ -378,6 +540,10 @@ class BiFairSeparate(BiFair):
             fw_iterations=fw_iterations,
             gradient_space=gradient_space,
             update_direction=update_direction,
+            entropy_sign=entropy_sign,
+            weighting=weighting,
+            gradient_normalization=gradient_normalization,
+            weight_floor=weight_floor,
         )
         self.phase: Literal["theta", "z"] = "theta"
 
@@ -403,6 +569,7 @@ class BiFairSeparate(BiFair):
         return True
 
     def on_epoch_end(self, epoch: int) -> None:
+        super().on_epoch_end(epoch)
         if self.phase == "theta" and epoch == self.context.max_epochs - 1:
             log.warning(
                 "bifair_separate: trainer.max_epochs ended phase theta before early stopping; "

@@ -11,12 +11,16 @@ tiny (T = objectives or groups), so they run in float64 numpy on the CPU.
   0.999 / 0.001 instead of 1 / 0 at a vertex.
 - :func:`frank_wolfe_weights`: BiFair's Algorithm 2 (Frank-Wolfe from the uniform point, fixed iterations,
   exact line search).
+
+:func:`eq10_lp_weights` is not a min-norm solver: it solves BiFair's Eq. 10, a linear program over the
+simplex on the same Gram matrix (scipy's HiGHS).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.optimize import linprog
 
 MAX_ITER = 250  # MinNormSolver.MAX_ITER
 STOP_CRIT = 1e-5  # MinNormSolver.STOP_CRIT
@@ -135,3 +139,40 @@ def frank_wolfe_weights(gram: torch.Tensor | np.ndarray, iterations: int) -> np.
         w = (1 - gamma) * w
         w[vertex] += gamma
     return w
+
+
+def eq10_lp_weights(gram: torch.Tensor | np.ndarray, target: np.ndarray) -> tuple[np.ndarray, bool]:
+    """BiFair Eq. 10 solved exactly: max_w d(w)^T u s.t. d(w)^T g_n >= 0 for all n, w in the simplex.
+
+    With d(w) = sum_n w_n g_n and u = sum_n target_n g_n, objective and constraints are linear in w:
+    max_w w^T K target s.t. (K w)_n >= 0, w >= 0, sum w = 1 (K = G G^T, the group gradients' Gram matrix).
+    K is scaled by its largest diagonal entry first (the same argmax, better conditioned). Solved with
+    ``scipy.optimize.linprog`` (HiGHS); an optimum is a vertex of the feasible polytope, so it is often a
+    single group.
+
+    The LP is always feasible in exact arithmetic: the min-norm point d* of the gradients' convex hull
+    satisfies d*^T g_n >= ||d*||^2 >= 0 for every n (Sener & Koltun 2018, Sec. 3.1). When the solver still
+    reports no optimum (rounding at a Pareto-stationary point, where d* = 0), the fallback is that min-norm
+    point (:func:`min_norm_weights`), a feasible point of the LP. Returns (w [N], True) or (fallback, False).
+    """
+    k = _as_gram(gram)
+    n = k.shape[0]
+    if n == 1:
+        return np.ones(1), True
+    scale = float(np.max(np.abs(np.diag(k))))
+    if scale <= 0 or not np.isfinite(scale):
+        return np.full(n, 1.0 / n), False
+    k = k / scale
+    result = linprog(
+        c=-(k @ np.asarray(target, float)),
+        A_ub=-k,
+        b_ub=np.zeros(n),
+        A_eq=np.ones((1, n)),
+        b_eq=np.ones(1),
+        bounds=[(0.0, None)] * n,
+        method="highs",
+    )
+    if result.status != 0 or result.x is None:
+        return min_norm_weights(k), False
+    w = np.clip(result.x, 0.0, None)
+    return w / w.sum(), True
