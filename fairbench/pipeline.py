@@ -142,6 +142,18 @@ def config_fingerprint(cfg: DictConfig) -> str:
 def check_before_work(cfg: DictConfig) -> None:
     """Everything that can be checked from the config alone: keys and types of every node, the values the
     constructors check, and that model, method and post-processor fit together (no data is loaded)."""
+    name = OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None)
+    model_cls = _importable(OmegaConf.select(cfg, "model._target_", default=None))
+    if getattr(model_cls, "uses_causal_lm", False):  # first: a wrong backbone's keys would hide the cause
+        from fairbench.backbones.causal_lm import CausalLMBackbone
+
+        encoder = _importable(OmegaConf.select(cfg, "backbone.encoder._target_", default=None))
+        if not (isinstance(encoder, type) and issubclass(encoder, CausalLMBackbone)):
+            raise UserError(
+                f"model {name or model_cls.__name__} fine-tunes a causal LM, but backbone "
+                f"{cfg.backbone.get('name')} is a text encoder ({cfg.backbone.encoder._target_}); "
+                "choose a causal LM backbone, e.g. backbone=smollm2-135m"
+            )
     check_config(cfg)
     trainer: TrainerConfig = build(cfg.trainer)
     build(cfg.metric)
@@ -153,19 +165,15 @@ def check_before_work(cfg: DictConfig) -> None:
             f"{', '.join(trainer.custom_update)} cannot apply; leave them at their defaults (1, 32, null)"
         )
     postprocessor: PostProcessor = build(cfg.postprocess)
-    model_cls = get_object(cfg.model._target_)
-    name = OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None)
-    check_compatibility(model_cls, method, postprocessor, model_name=name)
-    if getattr(model_cls, "uses_causal_lm", False):
-        from fairbench.backbones.causal_lm import CausalLMBackbone
+    check_compatibility(get_object(cfg.model._target_), method, postprocessor, model_name=name)
 
-        encoder = get_object(str(OmegaConf.select(cfg, "backbone.encoder._target_", default="")))
-        if not (isinstance(encoder, type) and issubclass(encoder, CausalLMBackbone)):
-            raise UserError(
-                f"model {name or model_cls.__name__} fine-tunes a causal LM, but backbone "
-                f"{cfg.backbone.get('name')} is a text encoder ({cfg.backbone.encoder._target_}); "
-                "choose a causal LM backbone, e.g. backbone=smollm2-135m"
-            )
+
+def _importable(target: str | None) -> object | None:
+    """The object a ``_target_`` names, or None when it cannot be imported (config validation says why)."""
+    try:
+        return get_object(str(target)) if target else None
+    except Exception:  # noqa: BLE001 - reported by check_config with its own message
+        return None
 
 
 # ------------------------------------------------------------------------------------------------ stages
