@@ -25,8 +25,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from method_table import GROUP_KEYS, method_label  # noqa: E402
+from method_table import method_label  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+
+from fairbench.data.groups import GROUP_KIND_NAMES  # noqa: E402
 
 LINE = re.compile(
     r"(bifair(?:_separate)?) epoch (\d+): mean group weights \[([^\]]*)\], mean group losses \[([^\]]*)\]"
@@ -49,7 +51,7 @@ def collect(sweep_dirs: list[Path]) -> pd.DataFrame:
         for job in sorted(p for p in sweep.iterdir() if (p / "train.log").exists()):
             cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
             overrides = " ".join(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
-            groups = GROUP_KEYS.get(str(cfg.method.get("groups")), "-")
+            groups = GROUP_KIND_NAMES.get(str(cfg.method.get("groups")), "-")
             for epoch, weights, losses in parse_log((job / "train.log").read_text()):
                 for group, (weight, loss) in enumerate(zip(weights, losses, strict=True)):
                     rows.append(
