@@ -28,6 +28,7 @@ from fairbench.methods.bifair import (
 from fairbench.methods.grouping import entropy_coefficients, flat_gradient, group_losses
 from fairbench.models.alpharec import AlphaRec
 from fairbench.training import TrainerConfig, fit
+from tests.helpers.toy import tiny_alpharec
 
 SIGNS = ["paper", "true_gradient"]
 
@@ -237,28 +238,6 @@ def test_invalid_weighting_options_are_user_errors():
 
 
 # ------------------------------------------------------------------------------------ in the method
-
-
-def tiny_alpharec() -> tuple[AlphaRec, dict[str, torch.Tensor]]:
-    rng = np.random.default_rng(0)
-    dense = (rng.random((6, 8)) < 0.4).astype(np.float32)
-    dense[np.arange(6), np.arange(6)] = 1
-    torch.manual_seed(0)
-    model = AlphaRec(
-        sp.csr_matrix(dense),
-        rng.normal(size=(8, 4)).astype(np.float32),
-        hidden_dim=5,
-        embed_dim=3,
-        num_negatives=3,
-        trainable_text_vectors=True,
-    ).double()
-    batch = {
-        "users": torch.tensor([0, 1, 2, 3, 4, 5]),
-        "pos_items": torch.tensor([0, 1, 2, 3, 4, 5]),
-        "neg_items": torch.tensor([[6, 7, 1]] * 6),
-        "groups": torch.tensor([[1, 0], [0, 1], [1, 0], [1, 1], [0, 1], [1, 0]], dtype=torch.float64),
-    }
-    return model, batch
 
 
 @pytest.mark.parametrize("space", ["parameters", "representation"])

@@ -6,7 +6,6 @@ import itertools
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from fairbench.methods.bifair import BiFair, fair_group_weights, finite_difference_hvp
@@ -24,7 +23,7 @@ from fairbench.methods.multifr import MultiFR, gradient_normalizers
 from fairbench.methods.popdro import PopDRO, StageClock, predicted_popularity, stage_popularity
 from fairbench.methods.reweight import inverse_frequency_weights
 from fairbench.methods.solvers import frank_wolfe_weights, line_search_step, min_norm_2, min_norm_weights
-from fairbench.models.alpharec import AlphaRec
+from tests.helpers.toy import tiny_alpharec
 
 # ------------------------------------------------------------------------------------------------ solvers
 
@@ -261,28 +260,6 @@ def test_fair_group_weights_fall_back_to_uniform_when_only_the_entropy_vector_is
     torch.testing.assert_close(
         fair_group_weights(losses, grads, 200), torch.full((2,), 0.5, dtype=torch.float64)
     )
-
-
-def tiny_alpharec() -> tuple[AlphaRec, dict[str, torch.Tensor]]:
-    rng = np.random.default_rng(0)
-    dense = (rng.random((6, 8)) < 0.4).astype(np.float32)
-    dense[np.arange(6), np.arange(6)] = 1
-    torch.manual_seed(0)
-    model = AlphaRec(
-        sp.csr_matrix(dense),
-        rng.normal(size=(8, 4)).astype(np.float32),
-        hidden_dim=5,
-        embed_dim=3,
-        num_negatives=3,
-        trainable_text_vectors=True,
-    ).double()
-    batch = {
-        "users": torch.tensor([0, 1, 2, 3, 4, 5]),
-        "pos_items": torch.tensor([0, 1, 2, 3, 4, 5]),
-        "neg_items": torch.tensor([[6, 7, 1]] * 6),
-        "groups": torch.tensor([[1, 0], [0, 1], [1, 0], [1, 1], [0, 1], [1, 0]], dtype=torch.float64),
-    }
-    return model, batch
 
 
 def hvp_problem():
