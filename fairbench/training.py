@@ -183,7 +183,7 @@ class Updater:
         window = cfg.accumulate_grad_batches
         sizes = np.asarray(batch_sizes, dtype=np.float64)
         totals = np.add.reduceat(sizes, np.arange(0, len(sizes), window)) if len(sizes) else sizes
-        self.window_samples = np.repeat(totals, window)[: len(sizes)]
+        self.window_shares = sizes / np.repeat(totals, window)[: len(sizes)]  # n_j / N_w per micro-batch
         self.n_steps = len(sizes)
         self.windows_per_epoch = len(totals)
         self.total_windows = self.windows_per_epoch * cfg.max_epochs
@@ -206,16 +206,16 @@ class Updater:
                 group["lr"] = lr * factor
 
     def step(
-        self, method: FairnessMethod, model: Recommender, batch: Batch, step: int, n: int, epoch: int = 0
+        self, method: FairnessMethod, model: Recommender, batch: Batch, step: int, epoch: int = 0
     ) -> dict:
-        """Forward and backward of micro-batch ``step`` (``n`` samples); an optimiser step at a window end."""
+        """Forward and backward of micro-batch ``step`` of ``epoch``; an optimiser step at a window end."""
         window = self.cfg.accumulate_grad_batches
         if step % window == 0:
             for optimizer in self.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             objective = method.objective(model, batch)
-        loss = objective.loss.float() * float(n / self.window_samples[step])
+        loss = objective.loss.float() * float(self.window_shares[step])
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if (step + 1) % window == 0 or step + 1 == self.n_steps:
             if self.scaler is not None:
@@ -376,7 +376,7 @@ def fit(
                 batch["timestamps"] = source.sample_timestamps[index].to(device)
             model.on_train_step(epoch * steps_per_epoch + step)
             if updater is not None:
-                stats = updater.step(method, model, batch, step, len(index), epoch)
+                stats = updater.step(method, model, batch, step, epoch)
             else:
                 stats = method.training_step(model, batch, optimizers)
             if not math.isfinite(stats["loss"]):

@@ -129,7 +129,6 @@ class BIGRec(Recommender):
             cutoff_len,
             train_on_inputs,
         )
-        self.backbone = lm
         self.lm = lm.attach_lora(LoRASettings(**dict(lora or {})))
         self.tokenizer = lm.tokenizer
         self.register_buffer(
