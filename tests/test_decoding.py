@@ -123,6 +123,32 @@ def test_free_beams_do_not_depend_on_the_batch(tiny_backbone):  # noqa: F811
         assert all(len(tokens) <= 6 for tokens in together.tokens[n])
 
 
+@pytest.mark.parametrize("constrained", [False, True])
+def test_prefill_once_gives_generates_own_beams(tiny_backbone, constrained):  # noqa: F811
+    """Prompts encoded once with the cache copied per beam = generate's expansion: same tokens and scores,
+    with the prompts run once ([n, width - 1]) instead of num_beams times ([n * beams, width])."""
+    tok = tiny_backbone.tokenizer
+    texts, data = _prompts(tok)
+    trie = build_title_trie(tok, build_responses(np.arange(20), texts, TEMPLATE)) if constrained else None
+    batch = generation_batch(data, [0, 1, 2], tok.pad_token_id)
+    shapes: list[tuple[int, ...]] = []
+    decoder = tiny_backbone.lm.get_base_model().model if hasattr(tiny_backbone.lm, "get_base_model") else None
+    decoder = decoder if decoder is not None else tiny_backbone.lm.model
+    hook = decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        plain = beam_search(tiny_backbone.lm, tok, **batch, max_new_tokens=12, trie=trie, prefill=False)
+        plain_shapes, shapes[:] = list(shapes), []
+        once = beam_search(tiny_backbone.lm, tok, **batch, max_new_tokens=12, trie=trie)
+    finally:
+        hook.remove()
+    width = batch["input_ids"].shape[1]
+    assert plain_shapes[0] == (12, width) and shapes[0] == (3, width - 1) and shapes[1] == (12, 1)
+    assert once.tokens == plain.tokens and once.texts == plain.texts
+    np.testing.assert_allclose(once.scores, plain.scores, atol=1e-5)
+
+
 def test_bad_decoding_settings(tiny_backbone):  # noqa: F811
     tok = tiny_backbone.tokenizer
     _, data = _prompts(tok)

@@ -5,6 +5,11 @@ Free decoding follows BIGRec ``inference.py``: deterministic beam search with 4 
 of a beam is its generated tokens decoded without special tokens (BIGRec decodes the whole sequence and
 splits on "Response:\\n", which gives the same text).
 
+The prompts are run through the model once and their KV cache is copied to each beam
+(:func:`prefill_once`), instead of ``generate``'s default of expanding the prompts ``num_beams`` times before
+the first forward pass; the beams are the same (same tokens, scores equal to float rounding) and the prompt
+is encoded once instead of ``num_beams`` times, which is most of the cost of short generations.
+
 Constrained decoding (not in BIGRec; as MSL and D3 do): the catalogue's responses (quoted titles) are
 tokenised *in context*, i.e. as they appear after the prompt's ``### Response:\\n``
 (:func:`fairbench.data.instructions.response_token_ids`), followed by EOS, and stored in a prefix trie;
@@ -92,6 +97,36 @@ def prefix_allowed_tokens_fn(trie: TitleTrie, prompt_width: int) -> Callable[[in
     return allowed
 
 
+def prefill_once(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int
+) -> dict[str, Any]:
+    """The KV cache of every prompt but its last token, repeated for each beam, as a ``generate`` keyword.
+
+    Position ids follow ``generate``'s rule for left padding (cumulative count of real tokens - 1), so the
+    cached keys equal those ``generate`` would compute itself; ``generate`` then feeds only the last prompt
+    token. Returns ``{}`` (plain ``generate``) for a single beam, one-token prompts or models without a cache.
+    """
+    import torch
+
+    if num_beams < 2 or input_ids.shape[1] < 2:
+        return {}
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        out = model(
+            input_ids=input_ids[:, :-1],
+            attention_mask=attention_mask[:, :-1],
+            position_ids=positions[:, :-1],
+            use_cache=True,
+        )
+    # transformers >= 5 names it ``cache`` (``past_key_values`` deprecated there); 4.x only the latter
+    name = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
+    cache = getattr(out, name, None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return {}
+    cache.batch_repeat_interleave(num_beams)
+    return {name: cache}
+
+
 @dataclass
 class Beams:
     """Beam-search output: texts[n][b] is beam b of sample n (best first); scores as ``generate`` reports them
@@ -111,11 +146,13 @@ def beam_search(
     max_new_tokens: int = 128,
     trie: TitleTrie | None = None,
     length_penalty: float = 1.0,
+    prefill: bool = True,
 ) -> Beams:
     """Deterministic beam search over one left-padded batch of prompts; all ``num_beams`` beams per sample.
 
     ``trie`` constrains every beam to catalogue responses. No sampling (``do_sample=False``), so the result is
-    a function of the model and the prompts; the model is put in eval mode for the call.
+    a function of the model and the prompts; the model is put in eval mode for the call. ``prefill``: encode
+    the prompts once for all beams (:func:`prefill_once`); False is ``generate``'s own expansion.
     """
     import torch
 
@@ -151,6 +188,8 @@ def beam_search(
     if trie is not None:
         kwargs["prefix_allowed_tokens_fn"] = prefix_allowed_tokens_fn(trie, width)
     with eval_mode(model), torch.inference_mode():
+        if prefill:
+            kwargs |= prefill_once(model, kwargs["input_ids"], kwargs["attention_mask"], num_beams)
         out = model.generate(**kwargs)
     generated = out.sequences[:, width:].cpu()
     n = input_ids.shape[0]
