@@ -83,7 +83,7 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ifairlrs-cache")
 
 
-def setup_method(exp, method: IFairLRS) -> TrainContext:
+def set_up_on_train_samples(exp, method: IFairLRS) -> TrainContext:
     samples = exp.data.samples["train"]
     membership = torch.from_numpy(exp.groups["genre"].membership.astype(np.float32))
     context = TrainContext(
@@ -109,8 +109,8 @@ def test_per_sample_and_public_code_losses_match_a_literal_recomputation(tiny_lm
     )
     model = exp.model.eval()  # no LoRA dropout: both computations see the same network
     per_sample, public = IFairLRS("genre", "per_sample"), IFairLRS("genre", "public_code")
-    context = setup_method(exp, per_sample)
-    setup_method(exp, public)
+    context = set_up_on_train_samples(exp, per_sample)
+    set_up_on_train_samples(exp, public)
     samples = exp.data.samples["train"]
     index = torch.tensor([3, 0, 7, 5, 1])
     batch = SampleBatches(samples, 5).batch(index, torch.Generator())
