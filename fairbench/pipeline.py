@@ -239,12 +239,13 @@ def prepare(cfg: DictConfig, inputs: Inputs | None = None) -> Experiment:
     torch.manual_seed(cfg.seed)
     model: Recommender = build(cfg.model, **runtime)
     method: FairnessMethod = build(cfg.method)
-    kind = method.group_kind
-    if kind is not None and kind not in inputs.groups:
-        raise UserError(
-            f"method.groups asks for {kind} groups but the dataset builds only {sorted(inputs.groups)}"
-        )
-    return Experiment(cfg, inputs, model, method, build(cfg.postprocess), trainer, metric, device)
+    postprocessor: PostProcessor = build(cfg.postprocess)
+    for key, kind in (("method.groups", method.group_kind), ("postprocess.groups", postprocessor.group_kind)):
+        if kind is not None and kind not in inputs.groups:
+            raise UserError(
+                f"{key} asks for {kind} groups but the dataset builds only {sorted(inputs.groups)}"
+            )
+    return Experiment(cfg, inputs, model, method, postprocessor, trainer, metric, device)
 
 
 def train(

@@ -315,6 +315,7 @@ def fit(
             weight_decay=cfg.weight_decay,
             train_items=source.sample_items.to(device) if source.sample_items is not None else None,
             train_timestamps=source.sample_timestamps,
+            train_histories=getattr(source, "history", None),  # next-item samples only
         ),
     )
     optimizers = method.configure_optimizers(model)

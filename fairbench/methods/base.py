@@ -40,6 +40,9 @@ class TrainContext:
     train_items: torch.Tensor | None = None
     #: [P] float64 timestamp of every training pair (same order), or None when the dataset has none
     train_timestamps: torch.Tensor | None = None
+    #: [N, L] history of every next-item training sample (-1 left-padded, in the order of ``train_items``);
+    #: None for models trained on pairs or whole users
+    train_histories: torch.Tensor | None = None
 
 
 @dataclass

@@ -19,6 +19,8 @@ class PostProcessor:
 
     #: whether :meth:`fit` needs the validation ranking (the identity does not)
     fits_on_validation: bool = True
+    #: the item-group kind it needs from the dataset ("pop" or "genre"; checked when data is loaded), or None
+    group_kind: str | None = None
 
     def candidates(self, k: int) -> int:
         """Items per row the ranking stage must return for final lists of ``k``."""
