@@ -546,6 +546,16 @@ def sequence_losses(
     without label tokens has loss 0. Logits are computed only at positions where some row has a label
     (``logits_to_keep``), which saves most of the LM-head cost when the prompt is masked.
     """
+    token_loss, valid = _label_token_losses(model, input_ids, attention_mask, labels)
+    mask = valid.to(token_loss.dtype)
+    return (token_loss * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def _label_token_losses(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy float32 [B, K], label mask bool [B, K]) at the K positions where some row has a label
+    (after the causal shift); logits are computed there only (``logits_to_keep``)."""
     import torch
 
     targets = labels[:, 1:]
@@ -559,8 +569,28 @@ def sequence_losses(
     token_loss = torch.nn.functional.cross_entropy(
         logits.float().transpose(1, 2), kept.clamp(min=0), reduction="none"
     )  # [B, K]
-    mask = (kept != -100).to(token_loss.dtype)
-    return (token_loss * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    return token_loss, kept != -100
+
+
+def token_cross_entropy(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy of the label tokens, left-aligned: (ce float32 [B, T], mask bool [B, T]).
+
+    ce[b, j] = -log p(y_{b,j} | x_b, y_{b,<j}) for the j-th token of row b whose label is not -100 (causal
+    shift as :func:`sequence_losses`), T = the most label tokens of a row; mask[b, j] = j < (label tokens of
+    row b), ce = 0 elsewhere. Column j is the same target token whatever the prompt's length, so per-token
+    values line up with per-token data stored in sample order (GDRT's token groups).
+    """
+    import torch
+
+    token_loss, valid = _label_token_losses(model, input_ids, attention_mask, labels)
+    counts = valid.sum(dim=1)
+    width = int(counts.max()) if counts.numel() else 0
+    mask = torch.arange(width, device=counts.device)[None, :] < counts[:, None]
+    # the row-major order of the valid positions equals that of the left-aligned slots
+    ce = token_loss.new_zeros(mask.shape).masked_scatter(mask, token_loss[valid])
+    return ce, mask
 
 
 def trainable_parameters(model: Any) -> Sequence[torch.nn.Parameter]:
