@@ -203,6 +203,26 @@ def test_gdrt_trains_through_the_trainer_and_reads_its_cached_reference_scores(
     assert float(objective.loss.detach()) == pytest.approx(float(expected_loss.detach()), rel=1e-5)
 
 
+def test_a_warm_up_adapter_as_reference_model(tiny_lm_dir, cache, single_thread, tmp_path):
+    exp = prepare(compose_config(tiny_overrides(tiny_lm_dir, cache, "trainer.lr=0.02")))
+    model = exp.model
+    initial = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    train(exp, tmp_path / "warm")
+    warm = {k: v.clone() for k, v in model.trainable_state_dict().items()}  # the best adapter, as saved
+    expected, _ = model.target_log_probs("train", "empty_history")
+    model.load_trainable_state_dict(initial)
+    method = GDRT(reference=str(tmp_path / "warm"))  # a run directory: its checkpoints/best.safetensors
+    got, _ = method.reference_log_probs(model)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    with model.reference_model(None):
+        base, _ = model.target_log_probs("train", "empty_history")
+    assert np.abs(got - base).max() > 1e-3  # far above the tolerance of the comparison above
+    after = model.trainable_state_dict()  # the model's own adapter is back
+    assert all(torch.equal(after[k], initial[k]) for k in initial) and warm
+    with pytest.raises(UserError, match="method.reference"):
+        GDRT(reference=str(tmp_path / "nowhere")).reference_log_probs(model)
+
+
 def _context(exp):
     from fairbench.methods.base import TrainContext
 

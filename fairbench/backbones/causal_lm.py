@@ -593,6 +593,32 @@ def token_cross_entropy(
     return ce, mask
 
 
+def shared_prompt_log_probs(model: Any, prompt_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(targets[b, j] | prompt, targets[b, <j]) [B, T] float32 for continuations of one shared prompt.
+
+    The prompt (``prompt_ids`` [P]) is run once and its KV cache repeated over the batch, so only the
+    continuation tokens (``targets`` [B, T], right-padded: padding only follows a row's tokens and, attention
+    being causal, never changes them) are run per row. Values at padding are meaningless; mask them.
+    """
+    import torch
+
+    base = unwrap(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    # transformers 5.x names the KV cache ``cache`` (``past_key_values`` before)
+    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    out = model(input_ids=prompt_ids[None], use_cache=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each row's first token
+    cache = out[name]
+    if not hasattr(cache, "batch_repeat_interleave"):  # a legacy tuple cache (older transformers)
+        from transformers import DynamicCache
+
+        cache = DynamicCache.from_legacy_cache(cache)
+    cache.batch_repeat_interleave(targets.shape[0])
+    logits = model(input_ids=targets, **{name: cache}, use_cache=True).logits[:, :-1]
+    rest = torch.log_softmax(logits.float(), dim=-1).gather(2, targets[:, 1:, None]).squeeze(2)
+    return torch.cat([first[targets[:, :1]], rest], dim=1)
+
+
 def trainable_parameters(model: Any) -> Sequence[torch.nn.Parameter]:
     """The parameters with ``requires_grad`` (the LoRA matrices of a peft model)."""
     return [p for p in model.parameters() if p.requires_grad]

@@ -43,6 +43,7 @@ from fairbench.backbones.causal_lm import (
     eval_mode,
     load_adapter_state_dict,
     sequence_losses,
+    shared_prompt_log_probs,
     token_cross_entropy,
 )
 from fairbench.data.instructions import (
@@ -301,7 +302,7 @@ class BIGRec(Recommender):
             self.tokenizer, [prompt] * len(items), responses, self.cutoff_len, train_on_inputs=False
         )
         aux_ids, aux_counts = label_tokens(aux, len(items))
-        aux_lp = self._log_probs(aux, np.arange(len(items)))
+        aux_lp = self._shared_prompt_log_probs(aux.input_ids[: aux.prompt_lengths[0]], aux_ids, aux_counts)
         # sample s takes the first counts[s] tokens of its item's response
         row = np.repeat(np.arange(n), counts)
         position = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -337,6 +338,24 @@ class BIGRec(Recommender):
                     batch["labels"].to(device),
                 )
                 out.append((-ce)[mask].float().cpu().numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+    def _shared_prompt_log_probs(self, prompt: np.ndarray, ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Flat log-probs of token sequences (``ids`` flat, ``counts`` per row) that all follow ``prompt``,
+        the prompt run once per batch (:func:`~fairbench.backbones.causal_lm.shared_prompt_log_probs`)."""
+        out = []
+        device = self.item_vectors.device
+        starts = np.cumsum(counts) - counts
+        prompt_ids = torch.as_tensor(prompt, device=device)
+        step = 4 * self.loss_batch_size  # rows are short (a title): larger batches than for whole prompts
+        with torch.inference_mode(), eval_mode(self.lm):
+            for lo in range(0, len(counts), step):
+                n = counts[lo : lo + step]
+                column = np.arange(int(n.max()))[None, :]
+                valid = column < n[:, None]
+                rows = np.where(valid, ids[np.where(valid, starts[lo : lo + step, None] + column, 0)], 0)
+                log_probs = shared_prompt_log_probs(self.lm, prompt_ids, torch.as_tensor(rows, device=device))
+                out.append(log_probs.cpu().numpy()[valid])
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
     @contextlib.contextmanager
