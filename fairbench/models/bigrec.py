@@ -7,6 +7,10 @@ Step 1, fine-tuning (``train.py``): one Alpaca prompt per next-item sample of th
 projections; per-sample losses = token-mean cross-entropy of the response
 (:func:`fairbench.backbones.causal_lm.sequence_losses`), so every loss-combining fairness method weights
 them. Early stopping on the validation loss (:meth:`BIGRec.validation_loss`, ``trainer.monitor=loss``).
+Per-token losses (:meth:`BIGRec.token_losses`) and target-token log-probabilities with or without the user's
+history in the prompt (:meth:`BIGRec.target_log_probs`), under the trained adapter or a reference model
+(:meth:`BIGRec.reference_model`), serve GDRT (:mod:`fairbench.methods.gdrt`) and the language-bias diagnostic
+(:mod:`fairbench.analysis.language_bias`).
 
 Step 2, generation and grounding (``inference.py``, ``data/movie/evaluate.py``): deterministic beam search
 (:func:`fairbench.models.decoding.beam_search`); the first beam's text (quotes stripped) is embedded by the
@@ -281,8 +285,8 @@ class BIGRec(Recommender):
         Returns (flat float32 log-probs, tokens per sample int64 [n]), sample n's tokens in order, laid out
         as :meth:`token_losses` columns. ``context="history"``: the samples' own prompts. An auxiliary context
         (:data:`AuxiliaryContext`): the prompt without the history, the same for every sample, so each
-        distinct target item is scored once; a sample truncated at ``cutoff_len`` keeps the first of its
-        response's tokens, as in its prompt with history.
+        distinct target item is scored once and the prompt runs once per batch; a sample truncated at
+        ``cutoff_len`` keeps the first of its response's tokens, as in its prompt with history.
         """
         tokens = self.split_tokens(split)
         n = len(tokens) if limit is None else min(limit, len(tokens))
