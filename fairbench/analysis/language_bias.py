@@ -15,7 +15,9 @@ reported as means over the tokens of each token group and over all tokens. The g
 cuts of r_t = P_ref(y_t | prompt without history, y_<t) under the base LM (adapters disabled), here with the
 quantiles of the analysed split's own tokens, so the groups are the same for every run on the same samples
 and backbone (an ERM and a GDRT run are compared on identical groups). Group 0 = least predictable from the
-auxiliary context. Numbers of a tiny random test model mean nothing.
+auxiliary context. For an untrained model (fresh adapter = base model) the groups are cut on the same
+numbers as ``without``, so per-group gains carry a selection effect (regression to the mean): compare runs on
+the same groups. Numbers of a tiny random test model mean nothing.
 """
 
 from __future__ import annotations
