@@ -49,6 +49,8 @@ config_app = typer.Typer(help="List, show and validate configs.", no_args_is_hel
 data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+analyze_app = typer.Typer(help="Diagnostics of a finished run.", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
 
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 # Hydra flags that take a value, and flags after which we do not pre-validate (Hydra handles them alone).
@@ -341,6 +343,30 @@ def embed_command(ctx: typer.Context) -> None:
             highlight=False,
             soft_wrap=True,
         )
+
+    _guard(work)
+
+
+# ----------------------------------------------------------------------------------------------- analyze
+
+
+@analyze_app.command("language-bias", context_settings=PASSTHROUGH)
+def analyze_language_bias(
+    ctx: typer.Context,
+    run_dir: Path = typer.Argument(..., help="A finished run directory (with .hydra/ and checkpoints/)."),
+    split: str = typer.Option("test", help="Samples to score: test, valid or train."),
+    groups: int = typer.Option(0, help="Token groups; 0 = the run's method.n_groups (GDRT) or 4."),
+    max_samples: int = typer.Option(0, help="Score the first N samples only; 0 = all."),
+) -> None:
+    """Mean log-probability of the target tokens with and without the user's history, per token group
+    (GDRT's language bias): `fairbench analyze language-bias outputs/runs/<date>/<time> device=cpu`.
+    Extra key=value arguments override the run's config; writes language_bias_<split>.csv/.json/.png."""
+    from fairbench.analysis.language_bias import analyze_run
+
+    def work() -> None:
+        table, paths = analyze_run(run_dir, split, groups or None, max_samples or None, list(ctx.args))
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
+        Console().print("\n".join(str(p) for p in paths), highlight=False, soft_wrap=True)
 
     _guard(work)
 

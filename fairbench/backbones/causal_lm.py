@@ -546,6 +546,16 @@ def sequence_losses(
     without label tokens has loss 0. Logits are computed only at positions where some row has a label
     (``logits_to_keep``), which saves most of the LM-head cost when the prompt is masked.
     """
+    token_loss, valid = _label_token_losses(model, input_ids, attention_mask, labels)
+    mask = valid.to(token_loss.dtype)
+    return (token_loss * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def _label_token_losses(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy float32 [B, K], label mask bool [B, K]) at the K positions where some row has a label
+    (after the causal shift); logits are computed there only (``logits_to_keep``)."""
     import torch
 
     targets = labels[:, 1:]
@@ -559,8 +569,54 @@ def sequence_losses(
     token_loss = torch.nn.functional.cross_entropy(
         logits.float().transpose(1, 2), kept.clamp(min=0), reduction="none"
     )  # [B, K]
-    mask = (kept != -100).to(token_loss.dtype)
-    return (token_loss * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    return token_loss, kept != -100
+
+
+def token_cross_entropy(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy of the label tokens, left-aligned: (ce float32 [B, T], mask bool [B, T]).
+
+    ce[b, j] = -log p(y_{b,j} | x_b, y_{b,<j}) for the j-th token of row b whose label is not -100 (causal
+    shift as :func:`sequence_losses`), T = the most label tokens of a row; mask[b, j] = j < (label tokens of
+    row b), ce = 0 elsewhere. Column j is the same target token whatever the prompt's length, so per-token
+    values line up with per-token data stored in sample order (GDRT's token groups).
+    """
+    import torch
+
+    token_loss, valid = _label_token_losses(model, input_ids, attention_mask, labels)
+    counts = valid.sum(dim=1)
+    width = int(counts.max()) if counts.numel() else 0
+    mask = torch.arange(width, device=counts.device)[None, :] < counts[:, None]
+    # the row-major order of the valid positions equals that of the left-aligned slots
+    ce = token_loss.new_zeros(mask.shape).masked_scatter(mask, token_loss[valid])
+    return ce, mask
+
+
+def shared_prompt_log_probs(model: Any, prompt_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(targets[b, j] | prompt, targets[b, <j]) [B, T] float32 for continuations of one shared prompt.
+
+    The prompt (``prompt_ids`` [P]) is run once and its KV cache repeated over the batch, so only the
+    continuation tokens (``targets`` [B, T], right-padded: padding only follows a row's tokens and, attention
+    being causal, never changes them) are run per row. Values at padding are meaningless; mask them.
+    """
+    import torch
+
+    base = unwrap(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    # transformers 5.x names the KV cache ``cache`` (``past_key_values`` before)
+    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    out = model(input_ids=prompt_ids[None], use_cache=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each row's first token
+    cache = out[name]
+    if not hasattr(cache, "batch_repeat_interleave"):  # a legacy tuple cache (older transformers)
+        from transformers import DynamicCache
+
+        cache = DynamicCache.from_legacy_cache(cache)
+    cache.batch_repeat_interleave(targets.shape[0])
+    logits = model(input_ids=targets, **{name: cache}, use_cache=True).logits[:, :-1]
+    rest = torch.log_softmax(logits.float(), dim=-1).gather(2, targets[:, 1:, None]).squeeze(2)
+    return torch.cat([first[targets[:, :1]], rest], dim=1)
 
 
 def trainable_parameters(model: Any) -> Sequence[torch.nn.Parameter]:

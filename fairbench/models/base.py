@@ -95,7 +95,10 @@ def model_capabilities(model: type[Recommender] | Recommender) -> frozenset[str]
     - ``score_adjustment``: accepts a score adjustment (PopDRO);
     - ``full_ranking``: scores all items (``scorer`` or ``score_histories``); ``recommend``: returns top-K
       lists itself; ``sequential``: trains and ranks on next-item samples; ``grounding``: its rankings carry
-      the generated texts' vectors for re-grounding (generate-and-ground models).
+      the generated texts' vectors for re-grounding (generate-and-ground models);
+    - ``token_losses``: a language model over target tokens: ``token_losses(batch) -> ([B, T] per-token
+      cross-entropy, [B, T] mask)``, ``target_log_probs(split, context)`` with or without the user's history
+      in the prompt, and ``reference_model(adapter)`` (GDRT's token groups, the language-bias diagnostic).
     """
     cls = model if isinstance(model, type) else type(model)
     caps = set()
@@ -120,6 +123,10 @@ def model_capabilities(model: type[Recommender] | Recommender) -> frozenset[str]
         caps.add("recommend")
     if getattr(cls, "grounds_generations", False):
         caps.add("grounding")
+    if all(
+        callable(getattr(cls, name, None)) for name in ("token_losses", "target_log_probs", "reference_model")
+    ):
+        caps.add("token_losses")
     return frozenset(caps)
 
 

@@ -1,0 +1,1 @@
+"""Diagnostics of finished runs (``fairbench analyze ...``)."""
