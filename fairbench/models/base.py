@@ -153,11 +153,19 @@ def normalized_adjacency(train: sp.csr_matrix) -> torch.Tensor:
     return torch.sparse_coo_tensor(indices, torch.from_numpy(values), size, check_invariants=False).coalesce()
 
 
+def sparse_mm(sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``sparse @ dense`` in the sparse matrix's dtype (float32), outside autocast: autocast would run the
+    product in bf16, and torch's sparse-dense product has no mixed-dtype backward; the cast's backward
+    returns the gradient in the dense input's dtype (e.g. a projector's bf16 output)."""
+    with torch.autocast(device_type=dense.device.type, enabled=False):
+        return torch.sparse.mm(sparse, dense.to(sparse.dtype))
+
+
 def propagate(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: int) -> torch.Tensor:
     """LightGCN propagation: mean of E, AE, ..., A^L E (He et al. 2020, Eq. 8 with alpha_k = 1/(L+1))."""
-    layers = [embeddings]
+    layers = [embeddings.to(adjacency.dtype)]
     for _ in range(n_layers):
-        layers.append(torch.sparse.mm(adjacency, layers[-1]))
+        layers.append(sparse_mm(adjacency, layers[-1]))
     return torch.stack(layers, dim=0).mean(dim=0)
 
 

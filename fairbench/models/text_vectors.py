@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from fairbench.models.base import Batch, Recommender, sampled_info_nce
+from fairbench.models.base import Batch, Recommender, sampled_info_nce, sparse_mm
 
 ScoreAdjustment = Callable[[torch.Tensor, "torch.Tensor | None", "Batch | None"], torch.Tensor]
 """f(similarity, items, batch) -> adjusted similarity. ``similarity`` [B, K] are cosine similarities of the
@@ -72,7 +72,7 @@ class TextVectorRecommender(Recommender):
 
     def text_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """User [U, d] (means of their items' Z) and item [I, d] text vectors."""
-        return torch.sparse.mm(self.user_mean_operator, self.item_text_vectors), self.item_text_vectors
+        return sparse_mm(self.user_mean_operator, self.item_text_vectors), self.item_text_vectors
 
     def text_vector_parameter_sets(self) -> dict[str, list[nn.Parameter]]:
         """``{"item_text_vectors": [Z]}`` when Z is trainable, else empty."""
@@ -88,7 +88,7 @@ class TextVectorRecommender(Recommender):
         if not isinstance(first, nn.Linear):
             raise TypeError(f"the projector's first layer must be nn.Linear, got {type(first).__name__}")
         item_linear = nn.functional.linear(self.item_text_vectors, first.weight)
-        user_linear = torch.sparse.mm(self.user_mean_operator, item_linear)
+        user_linear = sparse_mm(self.user_mean_operator, item_linear)
         out = torch.cat([user_linear, item_linear])
         if first.bias is not None:
             out = out + first.bias

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fairbench.errors import UserError
-from fairbench.models.base import Batch, seeded_generator
+from fairbench.models.base import Batch, seeded_generator, sparse_mm
 from fairbench.models.lightgcn import LightGCN
 from fairbench.models.sgl import contrastive_shares
 
@@ -64,7 +64,7 @@ class XSimGCL(LightGCN):
         layer = self.ego_embeddings()
         layers = []
         for _ in range(self.n_layers):
-            layer = torch.sparse.mm(self.adjacency, layer)
+            layer = sparse_mm(self.adjacency, layer)
             if perturb:
                 noise = torch.rand(layer.shape, generator=self.generator, device=layer.device)
                 layer = layer + torch.sign(layer) * nn.functional.normalize(noise, dim=-1) * self.eps
