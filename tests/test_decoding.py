@@ -149,6 +149,25 @@ def test_prefill_once_gives_generates_own_beams(tiny_backbone, constrained):  # 
     np.testing.assert_allclose(once.scores, plain.scores, atol=1e-5)
 
 
+def test_length_penalty_zero_scores_beams_by_their_summed_log_probabilities(tiny_backbone):  # noqa: F811
+    """D3's fix (model.length_penalty=0): a beam's score is the plain sum of its tokens' log-probabilities
+    (EOS included when the beam ended), recomputed here with one forward pass per beam."""
+    tok = tiny_backbone.tokenizer
+    _, data = _prompts(tok)
+    batch = generation_batch(data, [0, 1], tok.pad_token_id)
+    beams = beam_search(tiny_backbone.lm, tok, **batch, num_beams=3, max_new_tokens=5, length_penalty=0.0)
+    for n in range(2):
+        prompt = batch["input_ids"][n][batch["attention_mask"][n].bool()].tolist()
+        for tokens, score in zip(beams.tokens[n], beams.scores[n], strict=True):
+            ended = tokens + ([tok.eos_token_id] if len(tokens) < 5 else [])
+            with torch.no_grad():
+                logits = tiny_backbone.lm(input_ids=torch.tensor([prompt + ended])).logits[0].float()
+            logp = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+            assert score == pytest.approx(float(logp[torch.arange(len(ended)), ended].sum()), abs=1e-3)
+    normalised = beam_search(tiny_backbone.lm, tok, **batch, num_beams=3, max_new_tokens=5)
+    assert not np.allclose(normalised.scores, beams.scores)
+
+
 def test_bad_decoding_settings(tiny_backbone):  # noqa: F811
     tok = tiny_backbone.tokenizer
     _, data = _prompts(tok)

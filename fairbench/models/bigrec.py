@@ -109,6 +109,7 @@ class BIGRec(Recommender):
         num_beams: int = 4,
         max_new_tokens: int = 128,
         decoding: Literal["free", "constrained"] = "free",
+        length_penalty: float = 1.0,
         generation_batch_size: int = 8,
         grounding_batch_size: int = 1024,
         loss_batch_size: int = 16,
@@ -121,6 +122,9 @@ class BIGRec(Recommender):
             )
         if decoding not in ("free", "constrained"):
             raise UserError(f"model.decoding must be free or constrained, got {decoding!r}")
+        if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
+            raise UserError(f"model.length_penalty must be a number, got {length_penalty!r}")
+        self.length_penalty = float(length_penalty)
         for name, value in (
             ("generation_batch_size", generation_batch_size),
             ("grounding_batch_size", grounding_batch_size),
@@ -414,6 +418,7 @@ class BIGRec(Recommender):
                 num_beams=self.num_beams,
                 max_new_tokens=self.max_new_tokens,
                 trie=trie,
+                length_penalty=self.length_penalty,
             )
             texts.extend(beams.texts)
             if trie is not None:
