@@ -1,0 +1,91 @@
+"""Data-parallel training: how an optimiser step's micro-batches are dealt out over the processes, and a
+2-process CPU (gloo) BIGRec run on a tiny causal LM that takes the same steps as one process with the same
+global batch."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from fairbench.config import compose_config
+from fairbench.distributed import DistContext, check_data_parallel, owns_step, rank_steps
+from fairbench.errors import UserError
+from fairbench.methods.groupdro import GroupDRO
+from fairbench.methods.itfr import ITFR
+from fairbench.methods.reweight import Reweight
+from fairbench.pipeline import prepare, train
+from tests.helpers.data_parallel import spawn_training
+from tests.test_bigrec import tiny_overrides
+
+
+def test_rank_steps_deal_out_each_window_of_the_single_process_run():
+    # 9 micro-batches, 2 accumulated per process, 2 processes: windows of 4, the last one has 1 micro-batch
+    assert rank_steps(9, 2, DistContext(2, 0)) == [[0, 2], [4, 6], [8]]
+    assert rank_steps(9, 2, DistContext(2, 1)) == [[1, 3], [5, 7], []]
+    for n_steps, accumulate, world in itertools.product((1, 5, 9, 12), (1, 2, 3), (1, 2, 3, 4)):
+        single = rank_steps(n_steps, accumulate * world, DistContext())
+        per_rank = [rank_steps(n_steps, accumulate, DistContext(world, r)) for r in range(world)]
+        assert all(len(windows) == len(single) for windows in per_rank)  # every rank takes every step
+        for w, steps in enumerate(single):
+            dealt = [s for windows in per_rank for s in windows[w]]
+            assert sorted(dealt) == steps  # the same micro-batches, each in exactly one process
+            assert max(len(windows[w]) for windows in per_rank) <= accumulate
+            for r, windows in enumerate(per_rank):
+                window = accumulate * world
+                assert all(owns_step(s, window, DistContext(world, r)) for s in windows[w])
+
+
+def test_methods_that_cannot_be_split_over_processes_are_refused():
+    check_data_parallel(Reweight())  # stateless weights: exact across processes
+    with pytest.raises(UserError, match="combines per-group gradients"):
+        check_data_parallel(ITFR())
+    with pytest.raises(UserError, match="updates its own state"):
+        check_data_parallel(GroupDRO())
+
+
+def parallel_overrides(model_dir: Path, cache: Path, accumulate: int) -> list[str]:
+    # LoRA dropout 0: its masks come from each process's own random stream, which cannot follow the
+    # single process's draws once the micro-batches are split, so with dropout the two runs differ
+    return tiny_overrides(
+        model_dir,
+        cache,
+        "model.lora.dropout=0",
+        "dataset.protocol.max_train_samples=17",  # 9 micro-batches of 2: the last window has one
+        "trainer.batch_size=2",
+        f"trainer.accumulate_grad_batches={accumulate}",
+        "trainer.progress=false",
+        "trainer.lr=1e-2",  # large steps: a gradient that is not summed over the processes shows at once
+        "method=reweight",
+    )
+
+
+@pytest.mark.slow  # ~60 s on 2 busy cores: two fresh processes import torch, transformers and peft
+def test_two_processes_take_the_steps_of_one_process_with_the_same_global_batch(
+    tiny_lm_dir, tmp_path, single_thread
+):
+    cache = tmp_path / "cache"
+    single = prepare(compose_config(parallel_overrides(tiny_lm_dir, cache, accumulate=4)))
+    fitted = train(single, None)
+    ranks = spawn_training(2, parallel_overrides(tiny_lm_dir, cache, accumulate=2), tmp_path / "dp")
+    assert len(fitted.step_losses) == 6  # 2 epochs of 3 steps (8 + 8 + 1 samples)
+    for saved in ranks:
+        diff = max(abs(a - b) for a, b in zip(saved["step_losses"], fitted.step_losses, strict=True))
+        print(f"max |step loss difference| = {diff:.2e}")
+        assert diff < 1e-5
+        for row, expected in zip(saved["history"], fitted.history, strict=True):
+            assert row.keys() == expected.keys()
+            for key in expected:
+                assert row[key] == pytest.approx(expected[key], abs=1e-5), key
+        reference = single.model.trainable_state_dict()
+        assert saved["state"].keys() == reference.keys()
+        worst = max(float((saved["state"][k] - v).abs().max()) for k, v in reference.items())
+        print(f"max |adapter parameter difference| = {worst:.2e}")
+        for key, value in reference.items():
+            torch.testing.assert_close(saved["state"][key], value, rtol=1e-4, atol=1e-6)
+    # one adapter for both processes; rank 0 alone wrote the checkpoints
+    for key, value in ranks[0]["state"].items():
+        torch.testing.assert_close(ranks[1]["state"][key], value, rtol=0, atol=0)
+    assert (tmp_path / "dp" / "run" / "checkpoints" / "last.ckpt").is_file()
