@@ -155,7 +155,21 @@ def launch(args: list[str], overrides: Sequence[str]) -> list[str]:
     extra = ["hydra.run.dir=" + _quoted(run_dir)]
     if not ctx.is_main:
         extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+        _quiet()
     return kept + extra
+
+
+def _quiet() -> None:
+    """Silence a non-main process: its warnings and progress bars repeat rank 0's (errors still show)."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _quoted(value: str) -> str:

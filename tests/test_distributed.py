@@ -5,10 +5,15 @@ global batch."""
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from fairbench.config import compose_config
 from fairbench.distributed import DistContext, check_data_parallel, owns_step, rank_steps
@@ -17,6 +22,7 @@ from fairbench.methods.groupdro import GroupDRO
 from fairbench.methods.itfr import ITFR
 from fairbench.methods.reweight import Reweight
 from fairbench.pipeline import prepare, train
+from tests.helpers.cli import single_run_dir
 from tests.helpers.data_parallel import spawn_training
 from tests.test_bigrec import tiny_overrides
 
@@ -89,3 +95,48 @@ def test_two_processes_take_the_steps_of_one_process_with_the_same_global_batch(
     for key, value in ranks[0]["state"].items():
         torch.testing.assert_close(ranks[1]["state"][key], value, rtol=0, atol=0)
     assert (tmp_path / "dp" / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow  # ~60 s: two processes start the whole run from the command line
+def test_torchrun_module_form_writes_one_run_directory_with_the_single_process_trajectory(
+    tiny_lm_dir, tmp_path, single_thread
+):
+    cache, out = tmp_path / "cache", tmp_path / "outputs"
+    single = prepare(compose_config(parallel_overrides(tiny_lm_dir, cache, accumulate=4)))
+    fitted = train(single, None)
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "fairbench.cli", "train", *parallel_overrides(tiny_lm_dir, cache, accumulate=2)]
+    env = os.environ | {
+        "FAIRBENCH_OUTPUTS": str(out),
+        "PYTHONPATH": str(repo),  # this checkout's fairbench, also under an editable install of another
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list(out.glob("runs/*/*"))) == 1  # one run directory for both processes
+    run_dir = single_run_dir(out)
+    assert {"metrics.json", "history.csv", "generations.jsonl", "train.log"} <= {
+        p.name for p in run_dir.iterdir()
+    }
+    assert done.stdout.count("test results") == 1  # rank 0 alone prints the table
+    history = pd.read_csv(run_dir / "history.csv")
+    expected = pd.DataFrame(fitted.history)
+    pd.testing.assert_frame_equal(history, expected, check_exact=False, atol=1e-6, rtol=0)
+    best = load_file(str(run_dir / "checkpoints" / "best.safetensors"))
+    for key, value in single.model.trainable_state_dict().items():
+        torch.testing.assert_close(best[key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_a_sweep_under_a_launcher_is_refused(tmp_path):
+    env = os.environ | {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-m", "fairbench.cli", "train", "-m", "seed=0,1", "logger=none"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and "one launch per job" in done.stderr, done.stderr[-2000:]
