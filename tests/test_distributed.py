@@ -128,15 +128,23 @@ def test_torchrun_module_form_writes_one_run_directory_with_the_single_process_t
         torch.testing.assert_close(best[key], value, rtol=1e-4, atol=1e-6)
 
 
-def test_a_sweep_under_a_launcher_is_refused(tmp_path):
-    env = os.environ | {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
-    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "seed=0,1"], "one launch per job"),
+        (["method=groupdro"], "updates its own state"),
+    ],
+)
+def test_what_a_launch_cannot_run_ends_with_one_message_before_work(tmp_path, args, message):
+    env = os.environ | {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    env |= {"MASTER_PORT": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(
-        [sys.executable, "-m", "fairbench.cli", "train", "-m", "seed=0,1", "logger=none"],
+        [sys.executable, "-m", "fairbench.cli", "train", *args, "logger=none"],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
         cwd=tmp_path,
     )
-    assert done.returncode == 2 and "one launch per job" in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not (tmp_path / "outputs").exists()
