@@ -23,7 +23,7 @@ from fairbench.methods.itfr import ITFR
 from fairbench.methods.reweight import Reweight
 from fairbench.pipeline import prepare, train
 from tests.helpers.cli import single_run_dir
-from tests.helpers.data_parallel import spawn_training
+from tests.helpers.data_parallel import free_port, spawn_training
 from tests.test_bigrec import tiny_overrides
 
 
@@ -97,15 +97,23 @@ def test_two_processes_take_the_steps_of_one_process_with_the_same_global_batch(
     assert (tmp_path / "dp" / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
-@pytest.mark.slow  # ~60 s: two processes start the whole run from the command line
-def test_torchrun_module_form_writes_one_run_directory_with_the_single_process_trajectory(
-    tiny_lm_dir, tmp_path, single_thread
+LAUNCHERS = {  # the README's forms, with 2 CPU processes
+    "torchrun": ["torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    + ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "{port}"],
+}
+
+
+@pytest.mark.slow  # ~50 s each: two processes start the whole run from the command line
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_launched_module_writes_one_run_directory_with_the_single_process_trajectory(
+    tiny_lm_dir, tmp_path, single_thread, launcher
 ):
     cache, out = tmp_path / "cache", tmp_path / "outputs"
     single = prepare(compose_config(parallel_overrides(tiny_lm_dir, cache, accumulate=4)))
     fitted = train(single, None)
     repo = Path(__file__).resolve().parents[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [sys.executable, "-m", *(a.format(port=free_port()) for a in LAUNCHERS[launcher])]
     command += ["-m", "fairbench.cli", "train", *parallel_overrides(tiny_lm_dir, cache, accumulate=2)]
     env = os.environ | {
         "FAIRBENCH_OUTPUTS": str(out),
