@@ -173,7 +173,7 @@ def run_job(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     main_process = distributed.context().is_main  # data-parallel: only rank 0 writes and tracks
-    if not main_process:
+    if not main_process:  # status.json is rank 0's to write
         write_json = lambda *_: None  # noqa: E731
     logger: RunLogger | None = None
     failed = True

@@ -18,6 +18,10 @@ Determinism: the order of the training samples and the sampled negatives of epoc
 generator seeded with (seed, e) alone, and a model's own randomness (SGL views, XSimGCL noise, MultVAE
 dropout) from a second seed of (seed, e) passed to ``model.on_epoch_start``; so a run resumed from a
 checkpoint reproduces the uninterrupted run exactly.
+
+Data-parallel (several processes under torchrun / accelerate, :mod:`fairbench.distributed`): one optimiser
+step covers ``accumulate_grad_batches x world size`` micro-batches dealt out over the processes, with
+gradients summed before the step, so the run takes the single-process steps with that accumulation.
 """
 
 from __future__ import annotations
