@@ -23,7 +23,7 @@ from fairbench.methods.itfr import ITFR
 from fairbench.methods.reweight import Reweight
 from fairbench.pipeline import prepare, train
 from tests.helpers.cli import single_run_dir
-from tests.helpers.data_parallel import free_port, spawn_training
+from tests.helpers.data_parallel import alpharec_fit, free_port, spawn_alpharec, spawn_training
 from tests.test_bigrec import tiny_overrides
 
 
@@ -156,3 +156,15 @@ def test_what_a_launch_cannot_run_ends_with_one_message_before_work(tmp_path, ar
     )
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow  # ~25 s on 2 busy cores (two fresh processes)
+def test_a_pair_model_with_sampled_negatives_takes_the_single_process_steps(tmp_path, single_thread):
+    # every process draws every micro-batch's negatives from the epoch's stream, keeping only its own
+    single = alpharec_fit(accumulate=4)
+    for saved in spawn_alpharec(2, tmp_path):
+        assert len(saved["step_losses"]) == len(single["step_losses"])
+        diff = max(abs(a - b) for a, b in zip(saved["step_losses"], single["step_losses"], strict=True))
+        assert diff < 1e-6
+        for key, value in single["state"].items():
+            torch.testing.assert_close(saved["state"][key], value, rtol=1e-5, atol=1e-6)
