@@ -149,14 +149,12 @@ def launch(args: list[str], overrides: Sequence[str]) -> list[str]:
     cfg = compose_config(list(overrides), return_hydra_config=True)
     ctx = init_process_group(resolve_device(str(cfg.device)))
     run_dir = broadcast_object(str(cfg.hydra.run.dir) if ctx.is_main else None)
-    kept = [
-        a for a in args if not a.startswith(("hydra.run.dir=", "hydra.output_subdir=", "hydra/job_logging="))
-    ]
     extra = ["hydra.run.dir=" + _quoted(run_dir)]
-    if not ctx.is_main:
+    if not ctx.is_main:  # the run directory's files are rank 0's
         extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
         _quiet()
-    return kept + extra
+    replaced = tuple(e.split("=", 1)[0] + "=" for e in extra)
+    return [a for a in args if not a.startswith(replaced)] + extra
 
 
 def _quiet() -> None:
