@@ -26,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from fairbench import distributed
 from fairbench.config import (
     build,
     check_config,
@@ -173,11 +174,14 @@ def run_job(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    main_process = distributed.context().is_main  # data-parallel: only rank 0 writes and tracks
+    if not main_process:  # status.json is rank 0's to write
+        write_json = lambda *_: None  # noqa: E731
     logger: RunLogger | None = None
     failed = True
     try:
         check_config(cfg)
-        logger = build(cfg.logger)
+        logger = build(cfg.logger) if main_process else RunLogger()
         group = Path(hydra_cfg.sweep.dir).name if multirun else None
         name = (
             f"{cfg.model._target_.rsplit('.', 1)[-1]}-{cfg.method._target_.rsplit('.', 1)[-1]}-{run_dir.name}"
@@ -221,9 +225,13 @@ def train(ctx: typer.Context) -> None:
     overrides, check = split_hydra_args(args)
     if check:
         _guard(lambda: prevalidate(overrides))
+        args = _guard(lambda: distributed.launch(args, overrides))  # torchrun / accelerate launch
     summary.last_sweep_failures = 0
     sys.argv = [sys.argv[0] or "fairbench", *args]
-    hydra_train()
+    try:
+        hydra_train()
+    finally:
+        distributed.shutdown()
     if summary.last_sweep_failures:
         raise SystemExit(1)
 

@@ -30,6 +30,7 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from fairbench import distributed
 from fairbench.capabilities import check_compatibility
 from fairbench.config import check_config
 from fairbench.data import build_item_groups, load_dataset
@@ -166,6 +167,8 @@ def check_before_work(cfg: DictConfig) -> None:
         )
     postprocessor: PostProcessor = build(cfg.postprocess)
     check_compatibility(get_object(cfg.model._target_), method, postprocessor, model_name=name)
+    if distributed.planned_world_size() > 1:
+        distributed.check_data_parallel(method)
 
 
 def _importable(target: str | None) -> object | None:
@@ -219,10 +222,12 @@ def prepare(cfg: DictConfig, inputs: Inputs | None = None) -> Experiment:
     """Check the config, load the inputs (or reuse ``inputs``) and build model, method and post-processor."""
     check_before_work(cfg)
     seed_everything(cfg.seed)
-    device = torch.device(resolve_device(cfg.device))
+    device = torch.device(distributed.local_device(resolve_device(cfg.device)))
     trainer: TrainerConfig = build(cfg.trainer)
     metric: MetricConfig = build(cfg.metric)
-    inputs = inputs or load_inputs(cfg, str(device), trainer.progress)
+    if inputs is None:
+        with distributed.main_process_first():  # one process fills the caches, the others read them
+            inputs = load_inputs(cfg, str(device), trainer.progress)
     metric.group_kinds = available_group_kinds(metric, inputs.groups)
     model_cls = get_object(cfg.model._target_)
     runtime: dict = {"train": inputs.data.train}
@@ -372,6 +377,8 @@ def run(cfg: DictConfig, run_dir: Path, logger: RunLogger | None = None) -> RunR
     fitted = train(exp, run_dir, logger)
     timings["training"] = time.perf_counter() - started
     timings["seconds_per_epoch"] = fitted.seconds_per_epoch
+    if not distributed.context().is_main:  # data-parallel: rank 0 alone ranks, evaluates and reports
+        return RunResult(metrics={}, groups=pd.DataFrame(), history=pd.DataFrame(fitted.history))
 
     started = time.perf_counter()
     rankings = postprocess(exp, rank_splits(exp))

@@ -18,6 +18,10 @@ Determinism: the order of the training samples and the sampled negatives of epoc
 generator seeded with (seed, e) alone, and a model's own randomness (SGL views, XSimGCL noise, MultVAE
 dropout) from a second seed of (seed, e) passed to ``model.on_epoch_start``; so a run resumed from a
 checkpoint reproduces the uninterrupted run exactly.
+
+Data-parallel (several processes under torchrun / accelerate, :mod:`fairbench.distributed`): one optimiser
+step covers ``accumulate_grad_batches x world size`` micro-batches dealt out over the processes, with
+gradients summed before the step, so the run takes the single-process steps with that accumulation.
 """
 
 from __future__ import annotations
@@ -146,6 +150,9 @@ class FitResult:
     epochs_run: int = 0
     stopped_early: bool = False
     seconds_per_epoch: float = 0.0
+    #: mean training loss of the samples of every optimiser step taken by this call (all processes'
+    #: samples; a resumed run lists its own steps only)
+    step_losses: list[float] = field(default_factory=list)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -165,7 +172,10 @@ class Updater:
     """Backward, accumulation, precision, clipping and optimiser steps for loss-combining methods.
 
     Micro-batch ``j`` of an accumulation window of samples N_w contributes (n_j / N_w) * loss_j, so a
-    window's gradient is that of the mean loss over all its samples, whatever the micro-batch sizes.
+    window's gradient is that of the mean loss over all its samples, whatever the micro-batch sizes. With
+    ``world_size`` W > 1 a window is ``accumulate_grad_batches x W`` micro-batches dealt out over the
+    processes (:mod:`fairbench.distributed`); N_w counts the whole window and :meth:`finish_window` sums the
+    gradients over the processes before the step, so every process takes the single-process step.
     """
 
     def __init__(
@@ -174,13 +184,14 @@ class Updater:
         optimizers: dict[str, torch.optim.Optimizer],
         device: torch.device,
         batch_sizes: list[int],
+        world_size: int = 1,
     ) -> None:
         self.cfg, self.optimizers, self.device = cfg, optimizers, device
         if cfg.precision == "16-mixed" and device.type != "cuda":
             raise UserError("trainer.precision=16-mixed needs a CUDA device; use bf16 (or 32) on CPU")
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "16-mixed" else None
         # samples in the accumulation window of every micro-batch of an epoch
-        window = cfg.accumulate_grad_batches
+        self.window = window = cfg.accumulate_grad_batches * world_size
         sizes = np.asarray(batch_sizes, dtype=np.float64)
         totals = np.add.reduceat(sizes, np.arange(0, len(sizes), window)) if len(sizes) else sizes
         self.window_shares = sizes / np.repeat(totals, window)[: len(sizes)]  # n_j / N_w per micro-batch
@@ -188,6 +199,16 @@ class Updater:
         self.windows_per_epoch = len(totals)
         self.total_windows = self.windows_per_epoch * cfg.max_epochs
         self.base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers.values()]
+        seen: set[int] = set()
+        self.params = [  # every trainable parameter once, in the same order in every process
+            p
+            for opt in optimizers.values()
+            for g in opt.param_groups
+            for p in g["params"]
+            if p.requires_grad and not (id(p) in seen or seen.add(id(p)))
+        ]
+        self.loss_sum = 0.0  # sum of n_j * loss_j over this process's micro-batches of the current window
+        self.samples = 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.precision == "bf16":
@@ -199,43 +220,63 @@ class Updater:
     def set_learning_rates(self, epoch: int, step: int) -> None:
         """lr = base lr x ``lr_factor`` of this window's optimiser step (a function of epoch and step, so a
         resumed run follows the same schedule)."""
-        index = epoch * self.windows_per_epoch + step // self.cfg.accumulate_grad_batches
+        index = epoch * self.windows_per_epoch + step // self.window
         factor = self.cfg.lr_factor(index, self.total_windows)
         for optimizer, base in zip(self.optimizers.values(), self.base_lrs, strict=True):
             for group, lr in zip(optimizer.param_groups, base, strict=True):
                 group["lr"] = lr * factor
 
-    def step(
-        self, method: FairnessMethod, model: Recommender, batch: Batch, step: int, epoch: int = 0
-    ) -> dict:
-        """Forward and backward of micro-batch ``step`` of ``epoch``; an optimiser step at a window end."""
-        window = self.cfg.accumulate_grad_batches
-        if step % window == 0:
-            for optimizer in self.optimizers.values():
-                optimizer.zero_grad(set_to_none=True)
+    def starts_window(self, step: int) -> bool:
+        return step % self.window == 0
+
+    def ends_window(self, step: int) -> bool:
+        return (step + 1) % self.window == 0 or step + 1 == self.n_steps
+
+    def backward(self, method: FairnessMethod, model: Recommender, batch: Batch, step: int, n: int) -> dict:
+        """Forward and backward of micro-batch ``step`` of ``n`` samples (its loss scaled by its share of
+        the window)."""
         with self.autocast():
             objective = method.objective(model, batch)
         loss = objective.loss.float() * float(self.window_shares[step])
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        if (step + 1) % window == 0 or step + 1 == self.n_steps:
-            if self.scaler is not None:
-                for optimizer in self.optimizers.values():
-                    self.scaler.unscale_(optimizer)
-            if self.cfg.lr_schedule != "constant" or self.cfg.warmup_steps:
-                self.set_learning_rates(epoch, step)
-            if self.cfg.gradient_clip is not None:
-                groups = [g for optimizer in self.optimizers.values() for g in optimizer.param_groups]
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in groups for p in g["params"]], self.cfg.gradient_clip
-                )
-            for optimizer in self.optimizers.values():
-                if self.scaler is not None:
-                    self.scaler.step(optimizer)
-                else:
-                    optimizer.step()
-            if self.scaler is not None:
-                self.scaler.update()
+        self.loss_sum += float(objective.stats["loss"]) * n
+        self.samples += n
         return objective.stats
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        self.loss_sum, self.samples = 0.0, 0
+
+    def finish_window(self, epoch: int, step: int) -> tuple[float, int]:
+        """The optimiser step of the window that ends at micro-batch ``step``: gradients summed over the
+        processes, unscaled, clipped, stepped. Returns (sum of sample losses, samples) of the whole window."""
+        from fairbench import distributed
+
+        # which parameters got a gradient in any process: the others stay without one, as in one process
+        # (an optimiser skips them rather than stepping on zeros)
+        had = [float(p.grad is not None) for p in self.params]
+        loss_sum, samples, *had = distributed.all_reduce_sum([self.loss_sum, self.samples, *had], self.device)
+        distributed.all_reduce_gradients(self.params)
+        for param, got in zip(self.params, had, strict=True):
+            if not got:
+                param.grad = None
+        if self.scaler is not None:
+            for optimizer in self.optimizers.values():
+                self.scaler.unscale_(optimizer)
+        if self.cfg.lr_schedule != "constant" or self.cfg.warmup_steps:
+            self.set_learning_rates(epoch, step)
+        if self.cfg.gradient_clip is not None:
+            groups = [g for optimizer in self.optimizers.values() for g in optimizer.param_groups]
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], self.cfg.gradient_clip)
+        for optimizer in self.optimizers.values():
+            if self.scaler is not None:
+                self.scaler.step(optimizer)
+            else:
+                optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()
+        return loss_sum, int(samples)
 
 
 def fit(
@@ -264,7 +305,15 @@ def fit(
     ``train_timestamps`` (aligned with ``train.indices``) reach methods that need them (``needs_timestamps``);
     ``samples`` are the training samples of models with ``batch_unit = "sample"``.
     ``on_epoch_end(epoch)`` is called after every epoch's updates (timing, before any evaluation).
+
+    Data-parallel when a process group is initialised (:mod:`fairbench.distributed`): every process calls
+    ``fit`` with the same arguments and takes the same steps; each optimiser step covers
+    ``accumulate_grad_batches x world size`` micro-batches; rank 0 alone evaluates (the others receive its
+    metrics) and writes checkpoints.
     """
+    from fairbench import distributed
+
+    dist_ctx = distributed.context()
     device = torch.device(device)
     result = FitResult(best_score=cfg.worst_score)
     if not model.needs_training:
@@ -285,6 +334,8 @@ def fit(
             f"{type(method).__name__} combines gradients in its own update step, so trainer "
             f"{', '.join(cfg.custom_update)} cannot apply; leave them at their defaults (1, 32, null)"
         )
+    if dist_ctx.enabled:
+        distributed.check_data_parallel(method)
     if method.needs_groups and item_groups is None:
         raise UserError(f"{type(method).__name__} needs item groups (set method.groups)")
     if method.needs_groups and source.sample_items is None:
@@ -320,7 +371,9 @@ def fit(
     )
     optimizers = method.configure_optimizers(model)
     sizes = [min(batch_size, source.n_samples - s * batch_size) for s in range(steps_per_epoch)]
-    updater = None if method.combines_gradients else Updater(cfg, optimizers, device, sizes)
+    updater = (
+        None if method.combines_gradients else Updater(cfg, optimizers, device, sizes, dist_ctx.world_size)
+    )
 
     best_state = trainable_copy(model)
     bad_evaluations, start_epoch = 0, 0
@@ -337,6 +390,7 @@ def fit(
         log.info("resumed from %s at epoch %d", resume_from, start_epoch)
         if bad_evaluations >= cfg.patience:
             start_epoch = cfg.max_epochs  # that run had already stopped early
+    distributed.broadcast_parameters(p for group in model.parameter_sets().values() for p in group)
 
     def checkpoint(epoch: int, improved: bool) -> None:
         save_checkpoint(
@@ -360,8 +414,12 @@ def fit(
     train_seconds = 0.0
     evaluations = 0
     epochs = tqdm(
-        range(start_epoch, cfg.max_epochs), desc="epochs", disable=not cfg.progress, dynamic_ncols=True
+        range(start_epoch, cfg.max_epochs),
+        desc="epochs",
+        disable=not (cfg.progress and dist_ctx.is_main),
+        dynamic_ncols=True,
     )
+    window = updater.window if updater is not None else 1
     for epoch in epochs:
         started = time.perf_counter()
         model.train()
@@ -369,20 +427,29 @@ def fit(
         order = torch.randperm(source.n_samples, generator=generator)
         model.on_epoch_start(epoch, model_seed(seed, epoch))
         loss_sum = 0.0
-        for step, batch in enumerate(_batches(source, order, generator, device)):
-            index = batch.pop("_index")
-            if groups_on_device is not None and "pos_items" in batch:
-                batch["groups"] = groups_on_device[batch["pos_items"]]
-            if method.needs_timestamps and source.sample_timestamps is not None:
-                batch["timestamps"] = source.sample_timestamps[index].to(device)
-            model.on_train_step(epoch * steps_per_epoch + step)
-            if updater is not None:
-                stats = updater.step(method, model, batch, step, epoch)
-            else:
-                stats = method.training_step(model, batch, optimizers)
-            if not math.isfinite(stats["loss"]):
-                raise FloatingPointError(f"non-finite training loss at epoch {epoch}, step {step}")
-            loss_sum += stats["loss"] * len(index)
+        own = lambda s: distributed.owns_step(s, window, dist_ctx)  # noqa: E731 - all steps in one process
+        for step, batch in enumerate(_batches(source, order, generator, device, own)):
+            if updater is not None and updater.starts_window(step):
+                updater.zero_grad()
+            if batch is not None:  # this process's micro-batch
+                index = batch.pop("_index")
+                if groups_on_device is not None and "pos_items" in batch:
+                    batch["groups"] = groups_on_device[batch["pos_items"]]
+                if method.needs_timestamps and source.sample_timestamps is not None:
+                    batch["timestamps"] = source.sample_timestamps[index].to(device)
+                model.on_train_step(epoch * steps_per_epoch + step)
+                if updater is not None:
+                    stats = updater.backward(method, model, batch, step, len(index))
+                else:
+                    stats = method.training_step(model, batch, optimizers)
+                    loss_sum += stats["loss"] * len(index)
+                    result.step_losses.append(stats["loss"])
+                if not math.isfinite(stats["loss"]):
+                    raise FloatingPointError(f"non-finite training loss at epoch {epoch}, step {step}")
+            if updater is not None and updater.ends_window(step):
+                window_loss, window_samples = updater.finish_window(epoch, step)
+                loss_sum += window_loss
+                result.step_losses.append(window_loss / window_samples)
         method.on_epoch_end(epoch)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
@@ -393,7 +460,8 @@ def fit(
         if (epoch + 1) % cfg.eval_every and not last_epoch:
             continue
         model.eval()
-        metrics = evaluate(model)
+        # rank 0 evaluates; every process gets its metrics and so makes the same decisions below
+        metrics = distributed.broadcast_object(evaluate(model) if dist_ctx.is_main else None)
         if cfg.monitor not in metrics:
             raise UserError(
                 f"trainer.monitor '{cfg.monitor}' is not a validation metric; choose from: "
@@ -414,7 +482,7 @@ def fit(
         }
         result.history.append(row)
         epochs.set_postfix({"train loss": f"{row['train/loss']:.4f}", f"valid {cfg.monitor}": f"{score:.4f}"})
-        if not cfg.progress:  # without progress bars, one log line per evaluation shows the run is alive
+        if not cfg.progress and dist_ctx.is_main:  # without progress bars, a line per evaluation
             log.info(
                 "epoch %d: train loss %.4f, valid %s %.4f (best %.4f at epoch %d), %.1f s/epoch",
                 epoch,
@@ -430,7 +498,7 @@ def fit(
         stopping = bad_evaluations >= cfg.patience
         evaluations += 1
         due = improved or evaluations % cfg.checkpoint_every == 0 or stopping or last_epoch
-        if checkpoint_dir is not None and cfg.checkpoint and due:
+        if checkpoint_dir is not None and cfg.checkpoint and due and dist_ctx.is_main:
             checkpoint(epoch, improved)
         if stopping:
             result.stopped_early = True
@@ -444,12 +512,24 @@ def fit(
 
 
 def _batches(
-    source, order: torch.Tensor, generator: torch.Generator, device: torch.device
-) -> Iterator[Batch]:
-    """The epoch's batches in ``order``, on ``device``; ``_index`` holds the samples' indices (on CPU)."""
+    source,
+    order: torch.Tensor,
+    generator: torch.Generator,
+    device: torch.device,
+    own: Callable[[int], bool] = lambda step: True,
+) -> Iterator[Batch | None]:
+    """The epoch's batches in ``order``, on ``device``; ``_index`` holds the samples' indices (on CPU).
+
+    Micro-batches another process computes (``own(step)`` false) are None, but still drawn, so that the
+    epoch's random stream (negatives) reaches every micro-batch as in a single process.
+    """
     for step in range(source.steps_per_epoch):
         index = order[step * source.batch_size : (step + 1) * source.batch_size]
-        batch = {k: v.to(device) for k, v in source.batch(index, generator).items()}
+        batch = source.batch(index, generator)
+        if not own(step):
+            yield None
+            continue
+        batch = {k: v.to(device) for k, v in batch.items()}
         batch["_index"] = index
         yield batch
 
