@@ -345,6 +345,50 @@ def embed_command(ctx: typer.Context) -> None:
     _guard(work)
 
 
+# ------------------------------------------------------------------------------------------------ report
+
+
+@app.command("report")
+def report_command(
+    sweep_dirs: list[Path] = typer.Argument(..., help="Sweep or run directories (searched recursively)."),
+    by: str = typer.Option("model,method", help="Config groups or keys that make a configuration."),
+    metric: str = typer.Option("recall@20", help="Metric of the paired tests and the x axis."),
+    baseline: str = typer.Option(
+        None, help="Configuration to test against: its label or key=value over --by, e.g. method=erm."
+    ),
+    split: str = typer.Option("test", help="Split whose metrics are reported (test or valid)."),
+    columns: str = typer.Option(
+        None, help="Comma-separated metrics of the table (default: accuracy, CV, MIN)."
+    ),
+    x: str = typer.Option(None, help="Scatter x axis (default: --metric)."),
+    y: str = typer.Option(None, help="Scatter y axis (default: pop/cv@K)."),
+    out: Path = typer.Option(None, help="Output folder (default: <first sweep dir>/report)."),
+    title: str = typer.Option("fairbench report", help="Title of report.md and the scatter."),
+    paper: str = typer.Option(None, help="Published table to put beside (see `fairbench reproduce list`)."),
+    paper_dataset: str = typer.Option(
+        None, help="Paper dataset to compare with (default: the run's, or the table's)."
+    ),
+    wandb: bool = typer.Option(False, "--wandb", help="Also log the table to W&B (mode as logger=wandb)."),
+    wandb_project: str = typer.Option("fairbench", help="W&B project of the report run."),
+) -> None:
+    """Compare configurations of finished sweeps: mean ± std over seeds, paired tests vs a baseline with
+    Holm correction, accuracy-fairness Pareto front; writes report.md/.csv/.json and plots."""
+    from fairbench.report.command import make_report
+    from fairbench.report.compare import ReportSpec
+
+    spec = ReportSpec(
+        by=[key.strip() for key in by.split(",") if key.strip()],
+        metric=metric,
+        baseline=baseline,
+        split=split,
+        columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,
+        x=x,
+        y=y,
+        title=title,
+    )
+    _guard(lambda: make_report(list(sweep_dirs), spec, out, wandb, wandb_project, paper, paper_dataset))
+
+
 def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(message)s"
