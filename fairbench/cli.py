@@ -156,6 +156,14 @@ def prevalidate(overrides: list[str]) -> None:
             )
 
 
+def check_sweep_configs(overrides: list[str]) -> None:
+    """The config checks of :func:`prevalidate` for every value of a sweep, without looking for data."""
+    from fairbench.pipeline import check_before_work
+
+    for job_overrides in expand_sweep(overrides):
+        check_before_work(compose_config(job_overrides, return_hydra_config=True))
+
+
 # ------------------------------------------------------------------------------------------------- train
 
 
@@ -167,14 +175,25 @@ def run_job(cfg: DictConfig) -> float | None:
     from fairbench.pipeline import run
     from fairbench.report.loggers import RunLogger
     from fairbench.report.results import write_json
+    from fairbench.resume import completed_metrics, completion_fingerprint
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     logger: RunLogger | None = None
     failed = True
+    fingerprint = None
     try:
         check_config(cfg)
+        fingerprint = completion_fingerprint(cfg)
+        done = completed_metrics(run_dir, fingerprint) if cfg.get("skip_completed", False) else None
+        if done is not None:
+            log.info(
+                "skipped: %s already holds a completed run of this config (skip_completed=false reruns)",
+                run_dir,
+            )
+            failed = False
+            return done.get(f"valid/{cfg.trainer.monitor}")
         logger = build(cfg.logger)
         group = Path(hydra_cfg.sweep.dir).name if multirun else None
         name = (
@@ -183,7 +202,7 @@ def run_job(cfg: DictConfig) -> float | None:
         logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=name, group=group)
         result = run(cfg, run_dir, logger)
         failed = False
-        write_json(run_dir / "status.json", {"status": "completed"})
+        write_json(run_dir / "status.json", {"status": "completed", "fingerprint": fingerprint})
         return result.metrics.get(f"valid/{cfg.trainer.monitor}")  # what a sweeper optimises: never test
     except UserError as err:
         log.error("%s", err)
@@ -387,6 +406,61 @@ def report_command(
         title=title,
     )
     _guard(lambda: make_report(list(sweep_dirs), spec, out, wandb, wandb_project, paper, paper_dataset))
+
+
+# --------------------------------------------------------------------------------------------- reproduce
+
+
+@app.command("reproduce", context_settings=PASSTHROUGH)
+def reproduce_command(
+    ctx: typer.Context,
+    table: str = typer.Argument(..., help="A published table (`list` shows them)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the sweep and the report it would run."),
+) -> None:
+    """Rerun a published table: its sweep (`conf/experiment/<table>.yaml`), then `fairbench report` beside
+    the published numbers, e.g. `fairbench reproduce bifair-table2 dataset=ml100k backbone=minilm`."""
+    from fairbench.report import reproduce
+    from fairbench.report.tables import published_table
+
+    if table == "list":
+        for line in reproduce.describe_tables():
+            Console().print(line, highlight=False, soft_wrap=True)
+        return
+    spec = _guard(lambda: published_table(table))
+    overrides = list(ctx.args)
+    args = reproduce.sweep_arguments(spec, overrides)
+    target = _guard(lambda: reproduce.sweep_dir(spec, overrides))
+    command = "fairbench train " + " ".join([*args, f"hydra.sweep.dir={target}"])
+    report = reproduce.report_spec(spec)
+    report_line = (
+        f"fairbench report {target} --by {','.join(report.by)} --metric {report.metric} "
+        f"--baseline {report.baseline} --columns {','.join(report.columns or [])} --paper {spec.name}"
+    )
+    if dry_run:
+        jobs = _guard(lambda: reproduce.planned_jobs(spec, overrides))
+        _guard(
+            lambda: check_sweep_configs(
+                [f"experiment={spec.experiment}", *reproduce.sweep_lines(spec, overrides)]
+            )
+        )
+        out = Console()
+        out.print(f"{spec.title}\n{spec.paper}", highlight=False, soft_wrap=True)
+        out.print(f"sweep ({len(jobs)} jobs):\n  {command}", highlight=False, soft_wrap=True)
+        for number, job in enumerate(jobs):
+            out.print(f"  job {number}: {' '.join(job)}", highlight=False, soft_wrap=True)
+        out.print(f"then:\n  {report_line}", highlight=False, soft_wrap=True)
+        return
+    from fairbench.report import summary
+    from fairbench.report.command import make_report
+
+    _guard(lambda: prevalidate([f"experiment={spec.experiment}", *reproduce.sweep_lines(spec, overrides)]))
+    Console().print(f"running: {command}", highlight=False, soft_wrap=True)
+    summary.last_sweep_failures = 0
+    sys.argv = [sys.argv[0] or "fairbench", *args, f"hydra.sweep.dir={target}"]
+    hydra_train()
+    _guard(lambda: make_report([target], report, target / "report", paper_table=spec.name))
+    if summary.last_sweep_failures:
+        raise SystemExit(1)
 
 
 def main() -> None:

@@ -34,7 +34,13 @@ CONFIG_NAME = "config"
 INTERNAL_GROUPS = ("hydra",)
 
 # Root keys outside any group and their types.
-ROOT_SCHEMA: dict[str, Any] = {"seed": int, "device": str, "ckpt_path": str | None, "paths": dict}
+ROOT_SCHEMA: dict[str, Any] = {
+    "seed": int,
+    "device": str,
+    "ckpt_path": str | None,
+    "skip_completed": bool,
+    "paths": dict,
+}
 # Plain (no _target_) group nodes and the function that checks their own keys; their _target_ children are
 # validated against their signatures as everywhere else.
 GROUP_SCHEMAS: dict[str, str] = {"backbone": "fairbench.backbones.cache.backbone_spec"}

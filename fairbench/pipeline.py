@@ -72,6 +72,7 @@ RESUMABLE_KEYS = (
     "trainer.checkpoint_every",
     "trainer.eval_batch_size",
     "postprocess",
+    "skip_completed",
 )
 
 
