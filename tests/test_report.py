@@ -108,3 +108,24 @@ def test_report_mistakes_give_one_message(sweeps):
             done.stderr
         )
     assert fairbench("report", str(out / "missing"), out=out).returncode == 2
+
+
+@pytest.mark.slow
+def test_report_puts_the_published_numbers_beside_with_relative_changes(sweeps):
+    out, a, b = sweeps
+    report_dir = out / "paper"
+    args = ["--by", "method,method.groups", "--baseline", "method=erm", "--paper", "bifair-table2"]
+    done = fairbench("report", str(a), str(b), *args, "--out", str(report_dir), out=out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    paper = pd.DataFrame(json.loads((report_dir / "report.json").read_text())["paper"])
+    table = pd.read_csv(report_dir / "report.csv").set_index("configuration")
+    row = paper[(paper["Configuration"] == "reweight / popularity") & (paper["Metric"] == "recall@20")].iloc[
+        0
+    ]
+    # BiFair Table 2, Movies, popularity groups: Reweight 0.2017 vs AlphaRec (no method) 0.2034
+    assert row["Paper row"] == "Reweight" and row["Paper (movies)"] == "0.2017"
+    assert row["Δ paper"] == f"{100 * (0.2017 / 0.2034 - 1):+.1f}%"
+    mine = table.loc["reweight / popularity", "recall@20"] / table.loc["erm / -", "recall@20"] - 1
+    assert row["Δ fairbench"] == f"{100 * mine:+.1f}%"
+    assert set(paper["Metric"]) == {"recall@20", "ndcg@20", "hr@20", "pop/cv@20", "pop/min@20"}  # its groups
+    assert "Different dataset" in (report_dir / "report.md").read_text()
