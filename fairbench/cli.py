@@ -136,6 +136,19 @@ def force_keys_of_swept_groups(args: list[str]) -> list[str]:
     return forced
 
 
+def with_sweeper_direction(args: list[str], overrides: list[str]) -> list[str]:
+    """With ``hydra/sweeper=optuna`` and no ``hydra.sweeper.direction``, add the direction of the value a
+    job returns (the validation ``trainer.monitor``: maximize, or minimize with ``trainer.monitor_mode=min``);
+    Optuna's own default, minimize, would tune for the worst validation recall."""
+    if "hydra/sweeper=optuna" not in args or any(a.startswith("hydra.sweeper.direction=") for a in args):
+        return args
+    from fairbench.report.reproduce import fixed
+
+    chosen = [o for o in fixed(overrides) if not o.lstrip("+~").startswith("hydra")]
+    mode = OmegaConf.select(compose_config(chosen), "trainer.monitor_mode", default="max")
+    return [*args, f"hydra.sweeper.direction={'minimize' if mode == 'min' else 'maximize'}"]
+
+
 def prevalidate(overrides: list[str]) -> None:
     """Compose and check every job of a (possibly sweeping) command line before launching anything: keys
     and types of every node, the values constructors check, model/method/post-processor compatibility,
@@ -238,6 +251,7 @@ def train(ctx: typer.Context) -> None:
     overrides, check = split_hydra_args(args)
     if check:
         _guard(lambda: prevalidate(overrides))
+        args = _guard(lambda: with_sweeper_direction(args, overrides))
     summary.last_sweep_failures = 0
     sys.argv = [sys.argv[0] or "fairbench", *args]
     hydra_train()

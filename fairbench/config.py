@@ -93,7 +93,11 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
     sweeps: list[tuple[str, list[str]]] = []
     for override in parsed:
         key = override.get_key_element()
-        if override.is_sweep_override():
+        if override.is_interval_sweep():  # a sweeper's search range (Optuna): both bounds are checked
+            bounds = override.value()
+            cast = int if "int" in bounds.tags else float
+            sweeps.append((key, [f"{key}={cast(bounds.start)}", f"{key}={cast(bounds.end)}"]))
+        elif override.is_sweep_override():
             sweeps.append((key, [f"{key}={v}" for v in override.sweep_string_iterator()]))
         else:
             fixed.append(override.input_line)

@@ -11,6 +11,7 @@ import time
 
 import pandas as pd
 import pytest
+import yaml
 
 from fairbench.config import compose_config
 from fairbench.report.paper import published
@@ -114,3 +115,31 @@ def test_an_interrupted_sweep_rerun_skips_its_completed_jobs(tmp_path):
     summary = pd.read_csv(sweep / "summary.csv")
     assert list(summary["status"]) == ["completed", "completed"]
     assert summary["test/recall@20"].notna().all()
+
+
+@pytest.mark.slow
+def test_optuna_sweeper_tunes_on_the_validation_monitor(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install fairbench[optuna]")
+    sweep = tmp_path / "tuned"
+    done = fairbench(
+        "train",
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.seed=0",
+        "method=groupdro",
+        "method.step_size=interval(0.001,0.1)",
+        "trainer.max_epochs=1",
+        "trainer.progress=false",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        out=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    trials = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert len(trials) == 3
+    # maximised (fairbench sets the direction from trainer.monitor_mode) over the validation metric
+    assert best["best_value"] == max(t["valid/recall@20"] for t in trials)
+    assert best["best_value"] not in [t["test/recall@20"] for t in trials]
+    assert 0.001 <= best["best_params"]["method.step_size"] <= 0.1
