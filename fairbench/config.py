@@ -94,9 +94,8 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
     for override in parsed:
         key = override.get_key_element()
         if override.is_interval_sweep():  # a sweeper's search range (Optuna): both bounds are checked
-            bounds = override.value()
-            cast = int if "int" in bounds.tags else float
-            sweeps.append((key, [f"{key}={cast(bounds.start)}", f"{key}={cast(bounds.end)}"]))
+            bounds = override.value()  # int(interval(a,b)) keeps int bounds
+            sweeps.append((key, [f"{key}={bounds.start}", f"{key}={bounds.end}"]))
         elif override.is_sweep_override():
             sweeps.append((key, [f"{key}={v}" for v in override.sweep_string_iterator()]))
         else:

@@ -143,3 +143,13 @@ def test_optuna_sweeper_tunes_on_the_validation_monitor(tmp_path):
     assert best["best_value"] == max(t["valid/recall@20"] for t in trials)
     assert best["best_value"] not in [t["test/recall@20"] for t in trials]
     assert 0.001 <= best["best_params"]["method.step_size"] <= 0.1
+
+
+def test_a_sweepers_search_interval_is_checked_at_both_bounds():
+    from fairbench.config import expand_sweep
+
+    jobs = expand_sweep(
+        ["method=groupdro", "method.step_size=interval(0.001,0.1)", "trainer.batch_size=int(interval(8,64))"]
+    )
+    assert ["method=groupdro", "method.step_size=0.1", "trainer.batch_size=8"] in jobs
+    assert ["method=groupdro", "method.step_size=0.001", "trainer.batch_size=64"] in jobs
