@@ -472,7 +472,12 @@ def reproduce_command(
     summary.last_sweep_failures = 0
     sys.argv = [sys.argv[0] or "fairbench", *args, f"hydra.sweep.dir={target}"]
     hydra_train()
-    _guard(lambda: make_report([target], report, target / "report", paper_table=spec.name))
+    project = _guard(lambda: reproduce.wandb_project(spec, overrides))
+    _guard(
+        lambda: make_report(
+            [target], report, target / "report", project is not None, project or "", paper_table=spec.name
+        )
+    )
     if summary.last_sweep_failures:
         raise SystemExit(1)
 

@@ -31,6 +31,13 @@ def sweep_dir(table: PublishedTable, overrides: list[str]) -> Path:
     return root / "reproduce" / table.name / key
 
 
+def wandb_project(table: PublishedTable, overrides: list[str]) -> str | None:
+    """The W&B project when the sweep's logger is W&B (the report is then logged there too), else None."""
+    cfg = compose_config([f"experiment={table.experiment}", *fixed(overrides)])
+    target = str(OmegaConf.select(cfg, "logger._target_", default=""))
+    return str(cfg.logger.get("project", "fairbench")) if target.endswith("WandbLogger") else None
+
+
 def fixed(overrides: list[str]) -> list[str]:
     """The overrides that set one value (those a composed config can take; sweeps are expanded later)."""
     try:
