@@ -4,8 +4,9 @@ Columns: ``split`` (valid / test), ``row`` (user id for user rows, sample index 
 next-item samples), ``k``, ``recall``, ``ndcg``, ``hr`` and ``<kind>/<group>`` (utility of the row's
 held-out items in that item group with ``metric.utility``; NaN when it has none there), all float32
 (:func:`fairbench.metrics.per_user.per_row_metrics`). Size: rows x splits x len(ks) lines of 3 + number of
-groups values, e.g. ml100k with the defaults (943 users, 2 splits, K in 10/20, 2 + 18 groups) is about 3,700
-lines of 23 values, ~0.2 MB; a 50k-user Amazon set about 10 MB (zstd-compressed parquet).
+groups values, e.g. ml100k with the defaults (2 splits, K in 10/20, 2 + 20 groups) is 3,380 lines of 26
+columns, about 70 KB of zstd-compressed parquet; the size grows linearly with the evaluated rows (a 50k-user
+Amazon set: a few MB).
 """
 
 from __future__ import annotations
