@@ -25,10 +25,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from fairbench.report.command import make_report
-from fairbench.report.compare import ReportSpec
-from fairbench.report.jobs import find_jobs
-
 DEFAULT_MODELS = "mf,multvae,lightgcn,sgl,xsimgcl,linear,alpharec"
 COLUMNS = {
     "test/recall@20": "Recall@20 ↑",
@@ -99,6 +95,10 @@ def main() -> None:
     parser.add_argument("--notes", type=Path, help="a markdown file appended after the report")
     parser.add_argument("--out", type=Path, default=Path("docs") / "results_models.md")
     args, overrides = parser.parse_known_args()
+    from fairbench.report.command import make_report  # here: scripts/method_table.py imports the helpers
+    from fairbench.report.compare import ReportSpec
+    from fairbench.report.jobs import find_jobs
+
     sweep_dirs = args.sweep_dir or [run_sweep(args.models, args.seeds, overrides)[0]]
     ran = {job.setting("model") for job in find_jobs(sweep_dirs) if job.completed and "model" in job.choices}
     spec = ReportSpec(
