@@ -153,3 +153,11 @@ def test_a_sweepers_search_interval_is_checked_at_both_bounds():
     )
     assert ["method=groupdro", "method.step_size=0.1", "trainer.batch_size=8"] in jobs
     assert ["method=groupdro", "method.step_size=0.001", "trainer.batch_size=64"] in jobs
+
+
+def test_the_slurm_launcher_composes_with_fairbench_configs():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason='pip install "fairbench[slurm]"')
+    overrides = ["experiment=bifair_table2", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu"]
+    cfg = compose_config([*overrides, "hydra.launcher.gpus_per_node=1"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.partition == "gpu"
+    assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.callbacks.sweep_summary is not None
