@@ -139,6 +139,19 @@ def force_keys_of_swept_groups(args: list[str]) -> list[str]:
     return forced
 
 
+def with_sweeper_direction(args: list[str], overrides: list[str]) -> list[str]:
+    """With ``hydra/sweeper=optuna`` and no ``hydra.sweeper.direction``, add the direction of the value a
+    job returns (the validation ``trainer.monitor``: maximize, or minimize with ``trainer.monitor_mode=min``);
+    Optuna's own default, minimize, would tune for the worst validation recall."""
+    if "hydra/sweeper=optuna" not in args or any(a.startswith("hydra.sweeper.direction=") for a in args):
+        return args
+    from fairbench.report.reproduce import fixed
+
+    chosen = [o for o in fixed(overrides) if not o.lstrip("+~").startswith("hydra")]
+    mode = OmegaConf.select(compose_config(chosen), "trainer.monitor_mode", default="max")
+    return [*args, f"hydra.sweeper.direction={'minimize' if mode == 'min' else 'maximize'}"]
+
+
 def prevalidate(overrides: list[str]) -> None:
     """Compose and check every job of a (possibly sweeping) command line before launching anything: keys
     and types of every node, the values constructors check, model/method/post-processor compatibility,
@@ -159,6 +172,14 @@ def prevalidate(overrides: list[str]) -> None:
             )
 
 
+def check_sweep_configs(overrides: list[str]) -> None:
+    """The config checks of :func:`prevalidate` for every value of a sweep, without looking for data."""
+    from fairbench.pipeline import check_before_work
+
+    for job_overrides in expand_sweep(overrides):
+        check_before_work(compose_config(job_overrides, return_hydra_config=True))
+
+
 # ------------------------------------------------------------------------------------------------- train
 
 
@@ -170,6 +191,7 @@ def run_job(cfg: DictConfig) -> float | None:
     from fairbench.pipeline import run
     from fairbench.report.loggers import RunLogger
     from fairbench.report.results import write_json
+    from fairbench.resume import completed_metrics, completion_fingerprint
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -179,8 +201,18 @@ def run_job(cfg: DictConfig) -> float | None:
         write_json = lambda *_: None  # noqa: E731
     logger: RunLogger | None = None
     failed = True
+    fingerprint = None
     try:
         check_config(cfg)
+        fingerprint = completion_fingerprint(cfg)
+        done = completed_metrics(run_dir, fingerprint) if cfg.get("skip_completed", False) else None
+        if done is not None:
+            log.info(
+                "skipped: %s already holds a completed run of this config (skip_completed=false reruns)",
+                run_dir,
+            )
+            failed = False
+            return done.get(f"valid/{cfg.trainer.monitor}")
         logger = build(cfg.logger) if main_process else RunLogger()
         group = Path(hydra_cfg.sweep.dir).name if multirun else None
         name = (
@@ -189,7 +221,7 @@ def run_job(cfg: DictConfig) -> float | None:
         logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=name, group=group)
         result = run(cfg, run_dir, logger)
         failed = False
-        write_json(run_dir / "status.json", {"status": "completed"})
+        write_json(run_dir / "status.json", {"status": "completed", "fingerprint": fingerprint})
         return result.metrics.get(f"valid/{cfg.trainer.monitor}")  # what a sweeper optimises: never test
     except UserError as err:
         log.error("%s", err)
@@ -226,6 +258,7 @@ def train(ctx: typer.Context) -> None:
     if check:
         _guard(lambda: prevalidate(overrides))
         args = _guard(lambda: distributed.launch(args, overrides))  # torchrun / accelerate launch
+        args = _guard(lambda: with_sweeper_direction(args, overrides))
     summary.last_sweep_failures = 0
     sys.argv = [sys.argv[0] or "fairbench", *args]
     try:
@@ -377,6 +410,110 @@ def analyze_language_bias(
         Console().print("\n".join(str(p) for p in paths), highlight=False, soft_wrap=True)
 
     _guard(work)
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+@app.command("report")
+def report_command(
+    sweep_dirs: list[Path] = typer.Argument(..., help="Sweep or run directories (searched recursively)."),
+    by: str = typer.Option("model,method", help="Config groups or keys that make a configuration."),
+    metric: str = typer.Option("recall@20", help="Metric of the paired tests and the x axis."),
+    baseline: str = typer.Option(
+        None, help="Configuration to test against: its label or key=value over --by, e.g. method=erm."
+    ),
+    split: str = typer.Option("test", help="Split whose metrics are reported (test or valid)."),
+    columns: str = typer.Option(
+        None, help="Comma-separated metrics of the table (default: accuracy, CV, MIN)."
+    ),
+    x: str = typer.Option(None, help="Scatter x axis (default: --metric)."),
+    y: str = typer.Option(None, help="Scatter y axis (default: pop/cv@K)."),
+    out: Path = typer.Option(None, help="Output folder (default: <first sweep dir>/report)."),
+    title: str = typer.Option("fairbench report", help="Title of report.md and the scatter."),
+    paper: str = typer.Option(None, help="Published table to put beside (see `fairbench reproduce list`)."),
+    paper_dataset: str = typer.Option(
+        None, help="Paper dataset to compare with (default: the run's, or the table's)."
+    ),
+    wandb: bool = typer.Option(False, "--wandb", help="Also log the table to W&B (mode as logger=wandb)."),
+    wandb_project: str = typer.Option("fairbench", help="W&B project of the report run."),
+) -> None:
+    """Compare configurations of finished sweeps: mean ± std over seeds, paired tests vs a baseline with
+    Holm correction, accuracy-fairness Pareto front; writes report.md/.csv/.json and plots."""
+    from fairbench.report.command import make_report
+    from fairbench.report.compare import ReportSpec
+
+    spec = ReportSpec(
+        by=[key.strip() for key in by.split(",") if key.strip()],
+        metric=metric,
+        baseline=baseline,
+        split=split,
+        columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,
+        x=x,
+        y=y,
+        title=title,
+    )
+    _guard(lambda: make_report(list(sweep_dirs), spec, out, wandb, wandb_project, paper, paper_dataset))
+
+
+# --------------------------------------------------------------------------------------------- reproduce
+
+
+@app.command("reproduce", context_settings=PASSTHROUGH)
+def reproduce_command(
+    ctx: typer.Context,
+    table: str = typer.Argument(..., help="A published table (`list` shows them)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the sweep and the report it would run."),
+) -> None:
+    """Rerun a published table: its sweep (`conf/experiment/<table>.yaml`), then `fairbench report` beside
+    the published numbers, e.g. `fairbench reproduce bifair-table2 dataset=ml100k backbone=minilm`."""
+    from fairbench.report import reproduce
+    from fairbench.report.tables import published_table
+
+    if table == "list":
+        for line in reproduce.describe_tables():
+            Console().print(line, highlight=False, soft_wrap=True)
+        return
+    spec = _guard(lambda: published_table(table))
+    overrides = list(ctx.args)
+    args = reproduce.sweep_arguments(spec, overrides)
+    target = _guard(lambda: reproduce.sweep_dir(spec, overrides))
+    command = "fairbench train " + " ".join([*args, f"hydra.sweep.dir={target}"])
+    report = reproduce.report_spec(spec)
+    report_line = (
+        f"fairbench report {target} --by {','.join(report.by)} --metric {report.metric} "
+        f"--baseline {report.baseline} --columns {','.join(report.columns or [])} --paper {spec.name}"
+    )
+    if dry_run:
+        jobs = _guard(lambda: reproduce.planned_jobs(spec, overrides))
+        _guard(
+            lambda: check_sweep_configs(
+                [f"experiment={spec.experiment}", *reproduce.sweep_lines(spec, overrides)]
+            )
+        )
+        out = Console()
+        out.print(f"{spec.title}\n{spec.paper}", highlight=False, soft_wrap=True)
+        out.print(f"sweep ({len(jobs)} jobs):\n  {command}", highlight=False, soft_wrap=True)
+        for number, job in enumerate(jobs):
+            out.print(f"  job {number}: {' '.join(job)}", highlight=False, soft_wrap=True)
+        out.print(f"then:\n  {report_line}", highlight=False, soft_wrap=True)
+        return
+    from fairbench.report import summary
+    from fairbench.report.command import make_report
+
+    _guard(lambda: prevalidate([f"experiment={spec.experiment}", *reproduce.sweep_lines(spec, overrides)]))
+    Console().print(f"running: {command}", highlight=False, soft_wrap=True)
+    summary.last_sweep_failures = 0
+    sys.argv = [sys.argv[0] or "fairbench", *args, f"hydra.sweep.dir={target}"]
+    hydra_train()
+    project = _guard(lambda: reproduce.wandb_project(spec, overrides))
+    _guard(
+        lambda: make_report(
+            [target], report, target / "report", project is not None, project or "", paper_table=spec.name
+        )
+    )
+    if summary.last_sweep_failures:
+        raise SystemExit(1)
 
 
 def main() -> None:

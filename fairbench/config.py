@@ -34,7 +34,13 @@ CONFIG_NAME = "config"
 INTERNAL_GROUPS = ("hydra",)
 
 # Root keys outside any group and their types.
-ROOT_SCHEMA: dict[str, Any] = {"seed": int, "device": str, "ckpt_path": str | None, "paths": dict}
+ROOT_SCHEMA: dict[str, Any] = {
+    "seed": int,
+    "device": str,
+    "ckpt_path": str | None,
+    "skip_completed": bool,
+    "paths": dict,
+}
 # Plain (no _target_) group nodes and the function that checks their own keys; their _target_ children are
 # validated against their signatures as everywhere else.
 GROUP_SCHEMAS: dict[str, str] = {"backbone": "fairbench.backbones.cache.backbone_spec"}
@@ -87,7 +93,10 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
     sweeps: list[tuple[str, list[str]]] = []
     for override in parsed:
         key = override.get_key_element()
-        if override.is_sweep_override():
+        if override.is_interval_sweep():  # a sweeper's search range (Optuna): both bounds are checked
+            bounds = override.value()  # int(interval(a,b)) keeps int bounds
+            sweeps.append((key, [f"{key}={bounds.start}", f"{key}={bounds.end}"]))
+        elif override.is_sweep_override():
             sweeps.append((key, [f"{key}={v}" for v in override.sweep_string_iterator()]))
         else:
             fixed.append(override.input_line)

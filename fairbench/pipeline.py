@@ -51,6 +51,7 @@ from fairbench.methods.base import FairnessMethod
 from fairbench.models.base import Recommender
 from fairbench.postprocess.base import PostProcessor
 from fairbench.report.loggers import RunLogger
+from fairbench.report.per_user import write_per_user
 from fairbench.report.results import plot_group_utilities, print_results, write_csv, write_json, write_jsonl
 from fairbench.runtime import build, resolve_device, seed_everything
 from fairbench.training import FitResult, TrainerConfig, fit
@@ -72,6 +73,7 @@ RESUMABLE_KEYS = (
     "trainer.checkpoint_every",
     "trainer.eval_batch_size",
     "postprocess",
+    "skip_completed",
 )
 
 
@@ -386,6 +388,7 @@ def run(cfg: DictConfig, run_dir: Path, logger: RunLogger | None = None) -> RunR
     timings["evaluation"] = time.perf_counter() - started
 
     metrics = collect_metrics(exp, results, fitted, timings)
+    write_per_user(run_dir / "per_user.parquet", rankings, exp.groups, exp.metric)
     if rankings["test"].details is not None:
         write_jsonl(run_dir / "generations.jsonl", rankings["test"].details)
     result = report(run_dir, metrics, results, fitted, exp.metric, logger)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 FAIRBENCH = str(Path(sys.executable).parent / "fairbench")
+ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["trainer.max_epochs=2", "trainer.progress=false"]
 
 
@@ -16,6 +17,8 @@ def fairbench(
 ) -> subprocess.CompletedProcess:
     out.mkdir(parents=True, exist_ok=True)
     full_env = os.environ | {"FAIRBENCH_OUTPUTS": str(out), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    # the package of this checkout, also when the environment's editable install points at another one
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     full_env.pop("WANDB_API_KEY", None)
     return subprocess.run(
         [FAIRBENCH, *args],

@@ -1,0 +1,89 @@
+"""Report figures: the accuracy-fairness scatter with its Pareto front, group utilities per configuration."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fairbench.report.stats import lower_is_better, pareto_front
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save ``fig`` to ``path`` (format from its suffix) through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def axis_label(metric: str) -> str:
+    return f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)"
+
+
+def pareto_scatter(table: pd.DataFrame, x: str, y: str, paths: list[Path], title: str = "") -> None:
+    """Configuration means of ``x`` and ``y`` (std as error bars), front points filled and joined."""
+    plt = _pyplot()
+    xs, ys = table[x].to_numpy(float), table[y].to_numpy(float)
+    front = pareto_front(xs, ys, (not lower_is_better(x), not lower_is_better(y)))
+    fig, ax = plt.subplots(figsize=(7.0, 5.0))
+    xerr = table[f"{x} std"].to_numpy(float) if f"{x} std" in table else None
+    yerr = table[f"{y} std"].to_numpy(float) if f"{y} std" in table else None
+    ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor="#999999", elinewidth=0.8, capsize=2)
+    ax.scatter(xs[~front], ys[~front], s=40, facecolors="white", edgecolors="#4c72b0", label="dominated")
+    ax.scatter(xs[front], ys[front], s=55, color="#c44e52", label="Pareto front", zorder=3)
+    order = np.argsort(xs[front])
+    ax.plot(xs[front][order], ys[front][order], color="#c44e52", linewidth=1, zorder=2)
+    for label, px, py in zip(table["configuration"], xs, ys, strict=True):
+        if np.isfinite(px) and np.isfinite(py):
+            ax.annotate(str(label), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(axis_label(x))
+    ax.set_ylabel(axis_label(y))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    for path in paths:
+        save_figure(fig, path)
+    plt.close(fig)
+
+
+def group_utility_bars(groups: pd.DataFrame, k: int, path: Path, title: str = "") -> None:
+    """Mean utility@K per item group, one panel per group kind, the mean of the groups dashed."""
+    plt = _pyplot()
+    kinds = list(dict.fromkeys(groups["kind"]))
+    widths = [max(2.5, 0.35 * (groups["kind"] == kind).sum() + 1.5) for kind in kinds]
+    fig, axes = plt.subplots(
+        1, len(kinds), figsize=(sum(widths), 3.6), squeeze=False, gridspec_kw={"width_ratios": widths}
+    )
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        part = groups[groups["kind"] == kind]
+        ax.bar(part["group"].astype(str), part["utility"], color="#4c72b0")
+        ax.set_title(f"{kind} groups")
+        ax.set_ylabel(f"utility@{k}")
+        ax.tick_params(axis="x", labelrotation=60, labelsize=8)
+        mean = part["utility"].mean()
+        ax.axhline(mean, color="#dd8452", linestyle="--", linewidth=1, label=f"mean {mean:.3f}")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
