@@ -13,8 +13,11 @@ Stages, each in a fresh subprocess so that peak RSS belongs to that stage alone:
                               process (scripts/bench_methods.py)
   ranking                     synthetic full ranking, fairbench vs a naive batched GEMM + mask + topk loop
                               in the same run (scripts/bench_ranking.py, its default sizes)
-  generative                  BIGRec's SFT tokens/s (and a plain HF Trainer's), generation samples/s,
-                              grounding ms per 1,000 (scripts/bench_generative.py)
+  generative                  BIGRec's SFT tokens/s (and a plain HF Trainer's), generation samples/s (prompts
+                              encoded once vs per beam), grounding ms per 1,000 (scripts/bench_generative.py)
+  generative-methods          seconds per SFT epoch of ifairlrs and gdrt relative to erm on experiment=bigrec
+                              (32 training samples), same process (scripts/bench_methods.py; gdrt's one-off
+                              reference pass falls in the untimed warm-up epoch)
 The sub-benchmarks run with one torch thread (stabler on shared machines); ``--skip-sub`` leaves them out.
 Timings are noisy on shared machines; compare ratios measured in the same run. Results go to
 outputs/bench/bench.json and are printed as a table.
@@ -106,6 +109,9 @@ def run_default(overrides: list[str], env: dict[str, str], out_root: Path) -> di
     }
 
 
+GENERATIVE_METHODS = ["--methods", "erm,ifairlrs,gdrt", "--epochs", "1"]
+
+
 def run_sub_benchmark(script: str, out: Path, overrides: list[str], env: dict[str, str]) -> dict:
     """Run scripts/<script> (its table goes to our stdout) and return the JSON it wrote to ``out``."""
     cmd = [
@@ -154,6 +160,12 @@ def main(overrides: list[str]) -> None:
         report["methods"] = run_sub_benchmark("bench_methods.py", out_root / "methods.json", overrides, env)
         report["ranking"] = run_sub_benchmark("bench_ranking.py", out_root / "bench_ranking.json", [], env)
         report["generative"] = run_sub_benchmark("bench_generative.py", out_root / "generative.json", [], env)
+        report["generative_methods"] = run_sub_benchmark(
+            "bench_methods.py",
+            out_root / "generative_methods.json",
+            [*GENERATIVE_METHODS, "experiment=bigrec", "dataset.protocol.max_train_samples=32"],
+            env,
+        )
     (out_root / "bench.json").write_text(json.dumps(report, indent=2))
     print(f"{'stage':<14} {'wall s':>8} {'peak MB':>8}  detail")
     for row in rows:
