@@ -46,6 +46,21 @@ ROOT_SCHEMA: dict[str, Any] = {
 GROUP_SCHEMAS: dict[str, str] = {"backbone": "fairbench.backbones.cache.backbone_spec"}
 
 
+def config_hash(cfg: DictConfig, drop: Sequence[str] = ()) -> str:
+    """sha256 (16 hex digits) of the resolved config without the dotted keys in ``drop``."""
+    import hashlib
+    import json
+
+    keep = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(keep, dict)
+    for key in drop:
+        parent, _, leaf = key.rpartition(".")
+        node = keep.get(parent, {}) if parent else keep
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def config_dir() -> Path:
     """Folder of the shipped config tree (inside the installed package)."""
     import fairbench.conf

@@ -14,8 +14,6 @@ up: each stage gets what it needs as arguments.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
@@ -32,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fairbench import distributed
 from fairbench.capabilities import check_compatibility
-from fairbench.config import check_config
+from fairbench.config import check_config, config_hash
 from fairbench.data import build_item_groups, load_dataset
 from fairbench.data.types import InteractionData, ItemGroups
 from fairbench.errors import UserError
@@ -129,17 +127,10 @@ class RunResult:
 
 def config_fingerprint(cfg: DictConfig) -> str:
     """Hash of the config without :data:`RESUMABLE_KEYS`: what determines the trajectory of a run."""
-    keep = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(keep, dict)
     resumable = list(RESUMABLE_KEYS)
     if OmegaConf.select(cfg, "trainer.lr_schedule", default="constant") != "constant":
         resumable.remove("trainer.max_epochs")  # a decaying learning rate depends on the planned length
-    for key in resumable:
-        parent, _, leaf = key.rpartition(".")
-        node = keep.get(parent, {}) if parent else keep
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return config_hash(cfg, resumable)
 
 
 def check_before_work(cfg: DictConfig) -> None:

@@ -9,12 +9,13 @@ results (:data:`NOT_RESULTS`); unlike the checkpoint fingerprint it keeps the tr
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from fairbench.config import config_hash
 
 #: keys that do not change what a completed run measured: where files go, trackers, device, progress bars,
 #: the evaluation batch size (metrics do not depend on it), checkpoint bookkeeping, resuming
@@ -34,14 +35,7 @@ NOT_RESULTS = (
 
 def completion_fingerprint(cfg: DictConfig) -> str:
     """Hash of the resolved config without :data:`NOT_RESULTS`."""
-    keep = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(keep, dict)
-    for key in NOT_RESULTS:
-        parent, _, leaf = key.rpartition(".")
-        node = keep.get(parent, {}) if parent else keep
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return config_hash(cfg, NOT_RESULTS)
 
 
 def completed_metrics(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:

@@ -43,37 +43,11 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 def plot_group_utilities(groups: pd.DataFrame, k: int, path: Path, title: str = "") -> None:
     """Bar chart of test group utilities at cut-off ``k``, one panel per group kind (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fairbench.report.plots import group_utility_bars
 
     frame = groups[groups["k"] == k]
-    kinds = list(dict.fromkeys(frame["kind"]))
-    if not kinds:
-        return
-    widths = [max(2.5, 0.35 * (frame["kind"] == kind).sum() + 1.5) for kind in kinds]
-    fig, axes = plt.subplots(
-        1, len(kinds), figsize=(sum(widths), 3.6), squeeze=False, gridspec_kw={"width_ratios": widths}
-    )
-    for ax, kind in zip(axes[0], kinds, strict=True):
-        part = frame[frame["kind"] == kind]
-        ax.bar(part["group"].astype(str), part["utility"], color="#4c72b0")
-        ax.set_title(f"{kind} groups")
-        ax.set_ylabel(f"utility@{k}")
-        ax.tick_params(axis="x", labelrotation=60, labelsize=8)
-        mean = part["utility"].mean()
-        ax.axhline(mean, color="#dd8452", linestyle="--", linewidth=1, label=f"mean {mean:.3f}")
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    if len(frame):
+        group_utility_bars(frame, k, path, title)
 
 
 def results_table(
