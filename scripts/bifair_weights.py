@@ -1,6 +1,6 @@
 """BiFair's group weights over training, from the per-epoch lines its runs log.
 
-    python scripts/bifair_weights.py --sweep-dir DIR [--sweep-dir DIR ...] [--out FILE.png]
+    python scripts/bifair_weights.py --sweep-dir DIR [--sweep-dir DIR ...] [--rows CSV ...] [--out FILE.png]
 
 BiFair and BiFair-Separate log, at the end of every epoch, the mean group weights over the epoch's steps and
 the mean group losses (``bifair epoch N: mean group weights [...], mean group losses [...]`` in each job's
@@ -12,6 +12,9 @@ docs/results_bifair_weights.png)
 - ``<out>.png``: left, popularity groups: the tail group's mean weight per epoch (mean over seeds, band =
   min..max); right, genre groups: per epoch, the Spearman correlation over the genres between group weight
   and group loss (> 0: the weights favour the higher-loss groups), mean over seeds.
+
+``--rows`` adds the rows of a CSV written by an earlier call (e.g. the committed one, whose sweeps are no
+longer on disk), so a plot can hold batches run at different times.
 """
 
 from __future__ import annotations
@@ -107,12 +110,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sweep-dir", type=Path, action="append", required=True, help="a sweep directory")
+    parser.add_argument("--sweep-dir", type=Path, action="append", default=[], help="a sweep directory")
+    parser.add_argument("--rows", type=Path, action="append", default=[], help="a CSV of an earlier call")
     parser.add_argument("--out", type=Path, default=Path("docs") / "results_bifair_weights.png")
     args = parser.parse_args()
-    frame = collect(args.sweep_dir)
+    earlier = [pd.read_csv(path) for path in args.rows]
+    frame = pd.concat([*earlier, collect(args.sweep_dir)], ignore_index=True)
     if frame.empty:
-        raise SystemExit(f"no BiFair epoch line in {[str(d) for d in args.sweep_dir]}")
+        raise SystemExit(f"no BiFair epoch line in {[str(d) for d in args.sweep_dir]} or {args.rows}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out.with_suffix(".csv"), index=False)
     plot(frame, args.out)
