@@ -20,8 +20,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def train_one_rank(rank: int, world_size: int, port: int, overrides: list[str], out: str) -> None:
-    """Body of one process (``torch.multiprocessing.spawn`` passes ``rank`` first)."""
+def as_rank(rank: int, world_size: int, port: int) -> None:
+    """The environment torchrun gives process ``rank`` of ``world_size`` (one torch thread each)."""
     os.environ.update(
         WORLD_SIZE=str(world_size),
         RANK=str(rank),
@@ -30,6 +30,11 @@ def train_one_rank(rank: int, world_size: int, port: int, overrides: list[str], 
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
+
+
+def train_one_rank(rank: int, world_size: int, port: int, overrides: list[str], out: str) -> None:
+    """Body of one process (``torch.multiprocessing.spawn`` passes ``rank`` first)."""
+    as_rank(rank, world_size, port)
     from fairbench import distributed
     from fairbench.config import compose_config
     from fairbench.pipeline import prepare, train
@@ -78,14 +83,7 @@ def alpharec_fit(accumulate: int) -> dict:
 
 def alpharec_one_rank(rank: int, world_size: int, port: int, out: str) -> None:
     """:func:`alpharec_fit` in one of ``world_size`` processes (2 micro-batches each per step)."""
-    os.environ.update(
-        WORLD_SIZE=str(world_size),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
+    as_rank(rank, world_size, port)
     from fairbench import distributed
 
     distributed.init_process_group("cpu")
