@@ -9,13 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
 
-from fairbench.cli import run_job
-from fairbench.config import compose_config
 from fairbench.metrics import evaluate_topk
 from fairbench.metrics.per_user import per_row_metrics
+from tests.helpers.cli import run_quick_job
 
 
 def random_case(seed: int = 0, n_rows: int = 60, n_items: int = 40, k: int = 10):
@@ -52,14 +49,7 @@ def test_per_row_means_are_the_reported_metrics(utility, normalization):
 
 def test_a_run_writes_per_user_parquet_matching_its_metrics(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = compose_config(
-        ["trainer=quick", "trainer.max_epochs=1", "trainer.progress=false", "logger=none"],
-        return_hydra_config=True,
-    )
-    OmegaConf.set_struct(cfg, False)
-    cfg.hydra.runtime.output_dir = str(tmp_path / "job")
-    HydraConfig.instance().set_config(cfg)
-    run_job(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    run_quick_job(tmp_path / "job")
     job = Path(tmp_path / "job")
     metrics = json.loads((job / "metrics.json").read_text())
     table = pd.read_parquet(job / "per_user.parquet")

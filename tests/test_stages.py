@@ -11,12 +11,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
 from torch import nn
 
 from fairbench.capabilities import check_compatibility
-from fairbench.cli import run_job
 from fairbench.config import compose_config, config_groups, list_options, validate_config
 from fairbench.data.types import InteractionData, SequentialSamples
 from fairbench.errors import UserError
@@ -31,7 +28,7 @@ from fairbench.models.mf import MF
 from fairbench.models.multvae import MultVAE
 from fairbench.pipeline import config_fingerprint
 from fairbench.training import TrainerConfig, fit
-from tests.helpers.cli import fairbench
+from tests.helpers.cli import fairbench, run_quick_job
 from tests.helpers.toy import random_train
 
 # ------------------------------------------------------------------------------------- a transparent model
@@ -318,15 +315,7 @@ def test_cli_refuses_before_loading_any_data(tmp_path, args, expected):
 
 def test_the_value_returned_to_a_sweeper_is_a_validation_metric(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = compose_config(
-        ["trainer=quick", "trainer.max_epochs=1", "trainer.progress=false", "logger=none"],
-        return_hydra_config=True,
-    )
-    OmegaConf.set_struct(cfg, False)
-    cfg.hydra.runtime.output_dir = str(tmp_path / "job")
-    HydraConfig.instance().set_config(cfg)
-    job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    value = run_job(job_cfg)
+    value = run_quick_job(tmp_path / "job")
     metrics = json.loads(Path(tmp_path / "job" / "metrics.json").read_text())
     assert value == metrics["valid/recall@20"] and math.isfinite(value)
     assert value != metrics["test/recall@20"]

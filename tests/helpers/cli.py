@@ -33,3 +33,22 @@ def fairbench(
 def single_run_dir(out: Path) -> Path:
     (run_dir,) = [p.parent for p in out.glob("runs/*/*/metrics.json")]
     return run_dir
+
+
+def run_quick_job(out: Path) -> float | None:
+    """One ``trainer=quick`` epoch run in this process through the Hydra task (``fairbench.cli.run_job``),
+    writing its run directory to ``out``; returns what the task returns to a sweeper."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from fairbench.cli import run_job
+    from fairbench.config import compose_config
+
+    cfg = compose_config(
+        ["trainer=quick", "trainer.max_epochs=1", "trainer.progress=false", "logger=none"],
+        return_hydra_config=True,
+    )
+    OmegaConf.set_struct(cfg, False)
+    cfg.hydra.runtime.output_dir = str(out)
+    HydraConfig.instance().set_config(cfg)
+    return run_job(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
