@@ -253,14 +253,16 @@ class Updater:
         processes, unscaled, clipped, stepped. Returns (sum of sample losses, samples) of the whole window."""
         from fairbench import distributed
 
-        # which parameters got a gradient in any process: the others stay without one, as in one process
-        # (an optimiser skips them rather than stepping on zeros)
-        had = [float(p.grad is not None) for p in self.params]
-        loss_sum, samples, *had = distributed.all_reduce_sum([self.loss_sum, self.samples, *had], self.device)
-        distributed.all_reduce_gradients(self.params)
-        for param, got in zip(self.params, had, strict=True):
-            if not got:
-                param.grad = None
+        loss_sum, samples = self.loss_sum, self.samples
+        if distributed.context().enabled:
+            # which parameters got a gradient in any process: the others stay without one, as in one
+            # process (an optimiser skips them rather than stepping on zeros)
+            had = [float(p.grad is not None) for p in self.params]
+            loss_sum, samples, *had = distributed.all_reduce_sum([loss_sum, samples, *had], self.device)
+            distributed.all_reduce_gradients(self.params)
+            for param, got in zip(self.params, had, strict=True):
+                if not got:
+                    param.grad = None
         if self.scaler is not None:
             for optimizer in self.optimizers.values():
                 self.scaler.unscale_(optimizer)
