@@ -466,7 +466,8 @@ def reproduce_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the sweep and the report it would run."),
 ) -> None:
     """Rerun a published table: its sweep (`conf/experiment/<table>.yaml`), then `fairbench report` beside
-    the published numbers, e.g. `fairbench reproduce bifair-table2 dataset=ml100k backbone=minilm`."""
+    the published numbers, e.g. `fairbench reproduce bifair-table2 dataset=ml100k` (on the bundled dataset
+    a table adds the bundled text encoder, backbone=minilm, unless the command line picks a backbone)."""
     from fairbench.report import reproduce
     from fairbench.report.tables import published_table
 
@@ -475,7 +476,14 @@ def reproduce_command(
             Console().print(line, highlight=False, soft_wrap=True)
         return
     spec = _guard(lambda: published_table(table))
-    overrides = list(ctx.args)
+    overrides, added = _guard(lambda: reproduce.with_bundled_dataset_overrides(spec, list(ctx.args)))
+    if added:
+        Console().print(
+            f"bundled dataset: adding {' '.join(added)} (the paper's encoder needs a GPU and a model hub; "
+            "set the key on the command line to choose another)",
+            highlight=False,
+            soft_wrap=True,
+        )
     args = reproduce.sweep_arguments(spec, overrides)
     target = _guard(lambda: reproduce.sweep_dir(spec, overrides))
     command = "fairbench train " + " ".join([*args, f"hydra.sweep.dir={target}"])

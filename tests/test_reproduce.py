@@ -15,6 +15,7 @@ import yaml
 
 from fairbench.config import compose_config
 from fairbench.report.paper import published
+from fairbench.report.reproduce import with_bundled_dataset_overrides
 from fairbench.report.tables import TABLES
 from fairbench.resume import completion_fingerprint
 from tests.helpers.cli import FAIRBENCH, ROOT, fairbench
@@ -53,10 +54,9 @@ def test_every_table_has_an_experiment_file_that_composes():
 def test_reproduce_list_and_dry_run(tmp_path):
     listed = fairbench("reproduce", "list", out=tmp_path)
     assert listed.returncode == 0 and all(name in listed.stdout for name in TABLES), listed.stderr
-    dry = fairbench(
-        "reproduce", "bifair-table2", "--dry-run", "dataset=ml100k", "backbone=minilm", out=tmp_path
-    )
+    dry = fairbench("reproduce", "bifair-table2", "--dry-run", "dataset=ml100k", out=tmp_path)
     assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "adding backbone=minilm" in dry.stdout
     assert "sweep (42 jobs)" in dry.stdout and "experiment=bifair_table2 dataset=ml100k" in dry.stdout
     assert "job 0: method=erm method.groups=popularity seed=0 dataset=ml100k backbone=minilm" in dry.stdout
     assert "job 41: method=bifair method.groups=genre seed=2" in dry.stdout
@@ -64,6 +64,21 @@ def test_reproduce_list_and_dry_run(tmp_path):
     # a key on the command line replaces the experiment's sweep of it
     few = fairbench("reproduce", "bifair-table1", "--dry-run", "model=mf,alpharec", "seed=0", out=tmp_path)
     assert few.returncode == 0 and "sweep (2 jobs)" in few.stdout, few.stderr[-3000:]
+
+
+def test_bundled_dataset_adds_the_bundled_encoder_unless_a_backbone_is_chosen():
+    table2, table3 = TABLES["bifair-table2"], TABLES["bifair-table3"]
+    assert with_bundled_dataset_overrides(table2, ["dataset=ml100k", "seed=0"]) == (
+        ["dataset=ml100k", "seed=0", "backbone=minilm"],
+        ["backbone=minilm"],
+    )
+    chosen = ["dataset=ml100k", "backbone=qwen2.5-7b"]
+    assert with_bundled_dataset_overrides(table2, chosen) == (chosen, [])
+    assert with_bundled_dataset_overrides(table2, ["dataset=movies"]) == (["dataset=movies"], [])
+    assert with_bundled_dataset_overrides(table2, ["dataset=ml100k,movies"])[1] == []  # swept: no guess
+    assert with_bundled_dataset_overrides(table3, ["dataset=ml100k"])[1] == []  # the table sweeps backbones
+    cfg = compose_config([f"experiment={table2.experiment}", "dataset=ml100k", "backbone=minilm"])
+    assert cfg.backbone.name == "minilm"
 
 
 def test_reproduce_mistakes_and_missing_datasets_give_one_message(tmp_path):

@@ -19,6 +19,25 @@ from fairbench.report.compare import ReportSpec
 from fairbench.report.tables import TABLES, PublishedTable
 
 
+def with_bundled_dataset_overrides(table: PublishedTable, overrides: list[str]) -> tuple[list[str], list[str]]:
+    """The command line plus the table's overrides for a bundled dataset it picks (``dataset=ml100k`` ->
+    ``backbone=minilm``), except for keys the command line or the table's sweep already sets; returns
+    (overrides, what was added)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as err:
+        raise UserError(str(err)) from err
+    given = {o.get_key_element().lstrip("+~"): o for o in parsed}
+    dataset = given.get("dataset")
+    if dataset is None or dataset.is_sweep_override():
+        return list(overrides), []
+    extra = table.bundled_dataset_overrides.get(str(dataset.get_value_element_as_str()), ())
+    swept = sweep_lines(table, [])
+    swept_keys = {line.split("=", 1)[0] for line in swept}
+    added = [line for line in extra if line.split("=", 1)[0] not in given.keys() | swept_keys]
+    return [*overrides, *added], added
+
+
 def sweep_arguments(table: PublishedTable, overrides: list[str]) -> list[str]:
     """``fairbench train`` arguments of the table's sweep (without the sweep directory)."""
     return ["-m", f"experiment={table.experiment}", *overrides]
