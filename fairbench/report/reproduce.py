@@ -19,7 +19,9 @@ from fairbench.report.compare import ReportSpec
 from fairbench.report.tables import TABLES, PublishedTable
 
 
-def with_bundled_dataset_overrides(table: PublishedTable, overrides: list[str]) -> tuple[list[str], list[str]]:
+def with_bundled_dataset_overrides(
+    table: PublishedTable, overrides: list[str]
+) -> tuple[list[str], list[str]]:
     """The command line plus the table's overrides for a bundled dataset it picks (``dataset=ml100k`` ->
     ``backbone=minilm``), except for keys the command line or the table's sweep already sets; returns
     (overrides, what was added)."""
