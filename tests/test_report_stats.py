@@ -92,3 +92,15 @@ def test_metric_directions():
     assert lower_is_better("pop/cv@20") and lower_is_better("genre/mgu@5") and lower_is_better("gini@10")
     assert not lower_is_better("recall@20") and not lower_is_better("pop/min@20")
     assert not lower_is_better("pop/utility@20/tail")
+
+
+def test_point_labels_merge_coincident_points_and_keep_right_labels_inside():
+    from fairbench.report.plots import point_labels
+
+    xs = np.array([0.10, 0.20, 0.20, 0.30, np.nan])
+    ys = np.array([0.50, 0.90, 0.90, 0.70, 0.10])
+    labels = point_labels(["a", "erm / pop", "erm / genre", "c", "missing"], xs, ys)
+    assert [text for text, *_ in labels] == ["a", "erm / pop, erm / genre", "c"]
+    assert [align for *_, align in labels] == ["left", "left", "right"]  # c: the right third of the range
+    above = point_labels(["upper", "lower", "far"], np.array([0.0, 0.01, 1.0]), np.array([0.51, 0.50, 0.0]))
+    assert [offset[1] for _, _, _, offset, _ in above] == [4, -10, 4]  # "lower" sits just below "upper"

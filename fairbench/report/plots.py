@@ -51,9 +51,8 @@ def pareto_scatter(table: pd.DataFrame, x: str, y: str, paths: list[Path], title
     ax.scatter(xs[front], ys[front], s=55, color="#c44e52", label="Pareto front", zorder=3)
     order = np.argsort(xs[front])
     ax.plot(xs[front][order], ys[front][order], color="#c44e52", linewidth=1, zorder=2)
-    for label, px, py in zip(table["configuration"], xs, ys, strict=True):
-        if np.isfinite(px) and np.isfinite(py):
-            ax.annotate(str(label), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for text, px, py, offset, align in point_labels(list(map(str, table["configuration"])), xs, ys):
+        ax.annotate(text, (px, py), textcoords="offset points", xytext=offset, ha=align, fontsize=7)
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(y))
     ax.grid(alpha=0.3)
@@ -63,6 +62,34 @@ def pareto_scatter(table: pd.DataFrame, x: str, y: str, paths: list[Path], title
     for path in paths:
         save_figure(fig, path)
     plt.close(fig)
+
+
+def point_labels(
+    labels: list[str], xs: np.ndarray, ys: np.ndarray
+) -> list[tuple[str, float, float, tuple[int, int], str]]:
+    """Where to write each point's label: coincident points (equal to 4 significant digits, e.g. a method
+    that ignores a swept key) share one label; a label goes left of its point in the right third of the x
+    range, and below it when a label already sits close above (greedy, in axis fractions)."""
+    finite = np.isfinite(xs) & np.isfinite(ys)
+    if not finite.any():
+        return []
+    merged: dict[tuple[str, str], list[int]] = {}
+    for i in np.flatnonzero(finite):
+        merged.setdefault((f"{xs[i]:.4g}", f"{ys[i]:.4g}"), []).append(int(i))
+    x_lo, x_hi, y_lo, y_hi = xs[finite].min(), xs[finite].max(), ys[finite].min(), ys[finite].max()
+    x_span, y_span = max(x_hi - x_lo, 1e-12), max(y_hi - y_lo, 1e-12)
+    placed: list[tuple[float, float]] = []
+    out = []
+    for members in merged.values():
+        px, py = float(xs[members[0]]), float(ys[members[0]])
+        fx, fy = (px - x_lo) / x_span, (py - y_lo) / y_span
+        right = fx > 2 / 3
+        crowded = any(abs(fx - qx) < 0.15 and 0 <= qy - fy < 0.06 for qx, qy in placed)
+        dy = -10 if crowded else 4
+        placed.append((fx, fy + (-0.05 if crowded else 0.02)))
+        text = ", ".join(labels[i] for i in members)
+        out.append((text, px, py, (-4 if right else 4, dy), "right" if right else "left"))
+    return out
 
 
 def group_utility_bars(groups: pd.DataFrame, k: int, path: Path, title: str = "") -> None:
