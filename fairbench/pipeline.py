@@ -334,7 +334,7 @@ def collect_metrics(
         metrics |= {f"{split}/{k}": v for k, v in result.metrics.items()}
     metrics |= {
         "train/best_epoch": fitted.best_epoch,
-        "train/epochs": fitted.epochs_run,
+        "train/epochs": fitted.epochs_resumed + fitted.epochs_run,
         "train/stopped_early": float(fitted.stopped_early),
     }
     metrics |= {f"postprocess/{k}": v for k, v in exp.postprocessor.chosen().items()}

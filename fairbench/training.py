@@ -148,6 +148,8 @@ class FitResult:
     best_epoch: int = -1
     best_score: float = -math.inf
     epochs_run: int = 0
+    #: epochs trained before this call, by the run it resumed (0 for a fresh run)
+    epochs_resumed: int = 0
     stopped_early: bool = False
     seconds_per_epoch: float = 0.0
     #: mean training loss of the samples of every optimiser step taken by this call (all processes'
@@ -389,9 +391,11 @@ def fit(
         result.history = state["history"]
         result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
         bad_evaluations, start_epoch = state["bad_evaluations"], state["epoch"] + 1
+        result.epochs_resumed = start_epoch
         log.info("resumed from %s at epoch %d", resume_from, start_epoch)
         if bad_evaluations >= cfg.patience:
             start_epoch = cfg.max_epochs  # that run had already stopped early
+            result.stopped_early = True
     distributed.broadcast_parameters(p for group in model.parameter_sets().values() for p in group)
 
     def checkpoint(epoch: int, improved: bool) -> None:

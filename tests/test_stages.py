@@ -319,3 +319,22 @@ def test_the_value_returned_to_a_sweeper_is_a_validation_metric(tmp_path, monkey
     metrics = json.loads(Path(tmp_path / "job" / "metrics.json").read_text())
     assert value == metrics["valid/recall@20"] and math.isfinite(value)
     assert value != metrics["test/recall@20"]
+
+
+def test_a_finished_run_is_post_processed_from_its_checkpoint_without_training(tmp_path):
+    from fairbench.pipeline import run
+
+    base = ["trainer=quick", "trainer.max_epochs=1", "trainer.progress=false", "logger=none"]
+    trained = run(compose_config(base), tmp_path / "trained")
+    ckpt = tmp_path / "trained" / "checkpoints" / "last.ckpt"
+    # postprocess is not part of the training fingerprint: the run resumes after its last epoch
+    reranked = run(
+        compose_config([*base, "postprocess=ifairlrs", "postprocess.lambdas=[0]", f"ckpt_path={ckpt}"]),
+        tmp_path / "reranked",
+    )
+    assert reranked.metrics["postprocess/lambda"] == 0.0
+    assert reranked.history.equals(trained.history)
+    for key in ("train/epochs", "train/best_epoch", "train/stopped_early"):
+        assert reranked.metrics[key] == trained.metrics[key] == (1 if key == "train/epochs" else 0), key
+    tests = {k: v for k, v in trained.metrics.items() if k.startswith("test/")}
+    assert tests and all(reranked.metrics[k] == pytest.approx(v, abs=1e-12) for k, v in tests.items())
