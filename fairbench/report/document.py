@@ -120,14 +120,21 @@ def markdown(report: Report, figures: list[str]) -> str:
         f"{spec.split.capitalize()} split, K = {spec.k}; one row per configuration ({', '.join(spec.by)}), "
         f"mean ± sample std over its seeds ({n_jobs - len(report.failed)} of {n_jobs} jobs completed). "
         "CV: std / mean of the group utilities (lower is fairer); MIN: mean utility of the worst 25% of "
-        "groups (higher is fairer).",
+        "groups (higher is fairer)."
+        + (
+            " GU(g): group g's share of the top-K slots minus its share of the evaluated histories; MGU: "
+            "mean |GU| over groups, DGU: max GU - min GU (IFairLRS; lower is fairer)."
+            if any("gu@" in str(column) for column in report.table.columns)
+            else ""
+        ),
         "",
     ]
     if report.baseline is not None:
         lines += [
             f"Against the baseline `{report.baseline}`: relative change of the mean {spec.metric}, and "
-            f"p-values of a paired t-test and a Wilcoxon signed-rank test over per-user {spec.metric} (each "
-            "user's value averaged over the configuration's seeds, users paired within the same data split), "
+            f"p-values of a paired t-test and a Wilcoxon signed-rank test over per-row {spec.metric} (a row "
+            "is a user, or a next-item sample on the sequential protocol; each row's value averaged over the "
+            "configuration's seeds, rows paired within the same data split), "
             "Holm-corrected over the compared configurations in parentheses.",
             "",
         ]
