@@ -104,3 +104,32 @@ def test_point_labels_merge_coincident_points_and_keep_right_labels_inside():
     assert [align for *_, align in labels] == ["left", "left", "right"]  # c: the right third of the range
     above = point_labels(["upper", "lower", "far"], np.array([0.0, 0.01, 1.0]), np.array([0.51, 0.50, 0.0]))
     assert [offset[1] for _, _, _, offset, _ in above] == [4, -10, 4]  # "lower" sits just below "upper"
+
+
+def test_labels_name_only_the_overrides_that_split_a_configuration_and_gaps_get_no_arrow():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from fairbench.report.document import is_signed_gap
+    from fairbench.report.jobs import Job, configuration_labels
+
+    def job(model: str, seed: int, **overrides: str) -> Job:
+        return Job(Path("."), OmegaConf.create({}), {"model": model}, {"seed": str(seed)} | overrides, "done")
+
+    jobs = [
+        job("bigrec", 0, experiment="bigrec"),
+        job("bigrec", 1, experiment="bigrec"),
+        job("sasrec", 0, **{"dataset.protocol.max_train_samples": "128"}),
+        job("mf", 0),
+        job("mf", 0, **{"model.loss": "infonce"}),
+    ]
+    assert [label for _, label in configuration_labels(jobs, ["model"])] == [
+        "bigrec",
+        "bigrec",
+        "sasrec",
+        "mf",
+        "mf [model.loss=infonce]",
+    ]
+    assert is_signed_gap("pop/gu@5/q4") and is_signed_gap("gu@10/head")
+    assert not any(map(is_signed_gap, ["pop/mgu@5", "pop/dgu@5", "genre/cv@20", "recall@20"]))

@@ -50,9 +50,9 @@ def display_table(report: Report) -> pd.DataFrame:
             "Seeds": int(row["seeds"]),
         }
         for column in report.columns:
-            arrow = "↓" if lower_is_better(column) else "↑"
+            arrow = "" if is_signed_gap(column) else " ↓" if lower_is_better(column) else " ↑"
             std = row.get(f"{column} std", math.nan)
-            shown[f"{column} {arrow}"] = fmt(row[column]) + ("" if math.isnan(std) else f" ± {fmt(std)}")
+            shown[f"{column}{arrow}"] = fmt(row[column]) + ("" if math.isnan(std) else f" ± {fmt(std)}")
         if report.baseline is not None:
             shown[f"Δ {spec.metric}"] = "-" if math.isnan(row["delta"]) else f"{100 * row['delta']:+.1f}%"
             shown["p t-test (Holm)"] = f"{fmt_p(row['p_t'])} ({fmt_p(row['p_t_holm'])})"
@@ -106,6 +106,11 @@ def write_report(report: Report, out: Path) -> list[Path]:
     write_text_atomic(json_path, json.dumps(payload, indent=2) + "\n")
     write_text_atomic(md_path, markdown(report, figures))
     return [md_path, csv_path, json_path, *written]
+
+
+def is_signed_gap(metric: str) -> bool:
+    """A group's GU(g)@K (``pop/gu@5/q4``): signed, neither higher nor lower is better (0 is parity)."""
+    return re.search(r"(^|/)gu@\d+/", metric) is not None
 
 
 def markdown(report: Report, figures: list[str]) -> str:

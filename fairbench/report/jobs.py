@@ -155,8 +155,8 @@ def sweep_command(sweep_dir: Path) -> str | None:
 
 def configuration_labels(jobs: list[Job], by: list[str]) -> list[tuple[tuple[str, ...], str]]:
     """Per job: (values of the ``by`` keys, label). The label adds the job's other overrides whose values
-    differ between jobs (never the seed), so runs that differ in more than ``by`` are not averaged together,
-    e.g. ``mf / erm [model.loss=infonce]``."""
+    differ between jobs with the same ``by`` values (never the seed), so runs that differ in more than ``by``
+    are not averaged together, e.g. ``mf / erm [model.loss=infonce]``."""
 
     def settings(job: Job) -> dict[str, str]:
         return {
@@ -166,11 +166,15 @@ def configuration_labels(jobs: list[Job], by: list[str]) -> list[tuple[tuple[str
         }
 
     per_job = [settings(job) for job in jobs]
-    keys = dict.fromkeys(k for s in per_job for k in s)
-    varying = [k for k in keys if len({s.get(k) for s in per_job}) > 1]
+    values = [tuple(job.setting(key) for key in by) for job in jobs]
+    keys = list(dict.fromkeys(k for s in per_job for k in s))
+    # only what tells apart jobs with the same ``by`` values (other sweeps' own settings add no noise)
+    varying: dict[tuple[str, ...], list[str]] = {}
+    for value in dict.fromkeys(values):
+        same = [s for s, v in zip(per_job, values, strict=True) if v == value]
+        varying[value] = [k for k in keys if len({s.get(k) for s in same}) > 1]
     labels = []
-    for job, own in zip(jobs, per_job, strict=True):
-        values = tuple(job.setting(key) for key in by)
-        extra = [f"{k}={own[k]}" for k in varying if k in own]
-        labels.append((values, " / ".join(values) + (f" [{', '.join(extra)}]" if extra else "")))
+    for value, own in zip(values, per_job, strict=True):
+        extra = [f"{k}={own[k]}" for k in varying[value] if k in own]
+        labels.append((value, " / ".join(value) + (f" [{', '.join(extra)}]" if extra else "")))
     return labels
