@@ -64,30 +64,44 @@ def pareto_scatter(table: pd.DataFrame, x: str, y: str, paths: list[Path], title
     plt.close(fig)
 
 
+#: a 7-point label character's width as a fraction of the default scatter's x range (about 0.011)
+CHAR_WIDTH = 0.011
+
+
 def point_labels(
     labels: list[str], xs: np.ndarray, ys: np.ndarray
 ) -> list[tuple[str, float, float, tuple[int, int], str]]:
-    """Where to write each point's label: coincident points (equal to 4 significant digits, e.g. a method
+    """Where to write each point's label: coincident points (within 1% of both axis ranges, e.g. a method
     that ignores a swept key) share one label; a label goes left of its point in the right third of the x
-    range, and below it when a label already sits close above (greedy, in axis fractions)."""
+    range, and below (or further off) when it would overlap an earlier label (greedy, in axis fractions)."""
     finite = np.isfinite(xs) & np.isfinite(ys)
     if not finite.any():
         return []
-    merged: dict[tuple[str, str], list[int]] = {}
-    for i in np.flatnonzero(finite):
-        merged.setdefault((f"{xs[i]:.4g}", f"{ys[i]:.4g}"), []).append(int(i))
     x_lo, x_hi, y_lo, y_hi = xs[finite].min(), xs[finite].max(), ys[finite].min(), ys[finite].max()
     x_span, y_span = max(x_hi - x_lo, 1e-12), max(y_hi - y_lo, 1e-12)
-    placed: list[tuple[float, float]] = []
+    merged: dict[int, list[int]] = {}
+    for i in np.flatnonzero(finite):
+        close = [
+            j for j in merged if abs(xs[i] - xs[j]) <= 0.01 * x_span and abs(ys[i] - ys[j]) <= 0.01 * y_span
+        ]
+        merged.setdefault(close[0] if close else int(i), []).append(int(i))
+    placed: list[tuple[float, float, float]] = []  # (left, right, height) of the labels so far
     out = []
     for members in merged.values():
         px, py = float(xs[members[0]]), float(ys[members[0]])
         fx, fy = (px - x_lo) / x_span, (py - y_lo) / y_span
-        right = fx > 2 / 3
-        crowded = any(abs(fx - qx) < 0.15 and 0 <= qy - fy < 0.06 for qx, qy in placed)
-        dy = -10 if crowded else 4
-        placed.append((fx, fy + (-0.05 if crowded else 0.02)))
         text = ", ".join(labels[i] for i in members)
+        right = fx > 2 / 3
+        width = CHAR_WIDTH * len(text)
+        left_end, right_end = (fx - width, fx) if right else (fx, fx + width)
+
+        def collides(height: float, lo: float = left_end, hi: float = right_end) -> bool:
+            return any(lo < q_hi and q_lo < hi and abs(q_y - height) < 0.05 for q_lo, q_hi, q_y in placed)
+
+        # offsets in points above/below the point, with the label's height in axis fractions
+        options = [(4, 0.02), (-10, -0.05), (14, 0.09), (-24, -0.12)]
+        dy, height = next(((d, h) for d, h in options if not collides(fy + h)), options[0])
+        placed.append((left_end, right_end, fy + height))
         out.append((text, px, py, (-4 if right else 4, dy), "right" if right else "left"))
     return out
 
