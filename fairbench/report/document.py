@@ -14,7 +14,7 @@ import pandas as pd
 from fairbench.report.compare import Report
 from fairbench.report.plots import group_utility_bars, pareto_scatter
 from fairbench.report.results import write_csv, write_text_atomic
-from fairbench.report.stats import lower_is_better
+from fairbench.report.stats import is_signed_gap, lower_is_better
 
 
 def slug(label: str) -> str:
@@ -106,11 +106,6 @@ def write_report(report: Report, out: Path) -> list[Path]:
     write_text_atomic(json_path, json.dumps(payload, indent=2) + "\n")
     write_text_atomic(md_path, markdown(report, figures))
     return [md_path, csv_path, json_path, *written]
-
-
-def is_signed_gap(metric: str) -> bool:
-    """A group's GU(g)@K (``pop/gu@5/q4``): signed, neither higher nor lower is better (0 is parity)."""
-    return re.search(r"(^|/)gu@\d+/", metric) is not None
 
 
 def markdown(report: Report, figures: list[str]) -> str:

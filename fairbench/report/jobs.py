@@ -169,10 +169,12 @@ def configuration_labels(jobs: list[Job], by: list[str]) -> list[tuple[tuple[str
     values = [tuple(job.setting(key) for key in by) for job in jobs]
     keys = list(dict.fromkeys(k for s in per_job for k in s))
     # only what tells apart jobs with the same ``by`` values (other sweeps' own settings add no noise)
-    varying: dict[tuple[str, ...], list[str]] = {}
-    for value in dict.fromkeys(values):
-        same = [s for s, v in zip(per_job, values, strict=True) if v == value]
-        varying[value] = [k for k in keys if len({s.get(k) for s in same}) > 1]
+    same_values: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    for value, own in zip(values, per_job, strict=True):
+        same_values.setdefault(value, []).append(own)
+    varying = {
+        value: [k for k in keys if len({s.get(k) for s in same}) > 1] for value, same in same_values.items()
+    }
     labels = []
     for value, own in zip(values, per_job, strict=True):
         extra = [f"{k}={own[k]}" for k in varying[value] if k in own]

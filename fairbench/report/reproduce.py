@@ -19,17 +19,21 @@ from fairbench.report.compare import ReportSpec
 from fairbench.report.tables import TABLES, PublishedTable
 
 
+def parse(overrides: list[str]) -> list:
+    """Hydra's parse of command-line overrides; a malformed one is a user error."""
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as err:
+        raise UserError(str(err)) from err
+
+
 def with_bundled_dataset_overrides(
     table: PublishedTable, overrides: list[str]
 ) -> tuple[list[str], list[str]]:
     """The command line plus the table's overrides for a bundled dataset it picks (``dataset=ml100k`` ->
     ``backbone=minilm``), except for keys the command line or the table's sweep already sets; returns
     (overrides, what was added)."""
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as err:
-        raise UserError(str(err)) from err
-    given = {o.get_key_element().lstrip("+~"): o for o in parsed}
+    given = {o.get_key_element().lstrip("+~"): o for o in parse(overrides)}
     dataset = given.get("dataset")
     if dataset is None or dataset.is_sweep_override():
         return list(overrides), []
@@ -61,11 +65,7 @@ def wandb_project(table: PublishedTable, overrides: list[str]) -> str | None:
 
 def fixed(overrides: list[str]) -> list[str]:
     """The overrides that set one value (those a composed config can take; sweeps are expanded later)."""
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as err:
-        raise UserError(str(err)) from err
-    return [o.input_line for o in parsed if not o.is_sweep_override()]
+    return [o.input_line for o in parse(overrides) if not o.is_sweep_override()]
 
 
 def sweep_lines(table: PublishedTable, overrides: list[str]) -> list[str]:

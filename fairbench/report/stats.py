@@ -23,6 +23,11 @@ def lower_is_better(metric: str) -> bool:
     return re.sub(r"@.*", "", metric).rsplit("/", 1)[-1] in LOWER_IS_BETTER
 
 
+def is_signed_gap(metric: str) -> bool:
+    """A group's GU(g)@K (``pop/gu@5/q4``): signed, neither higher nor lower is better (0 is parity)."""
+    return re.search(r"(^|/)gu@\d+/", metric) is not None
+
+
 @dataclass
 class PairedTest:
     """Paired comparison of ``values`` against ``baseline`` over the same rows."""
