@@ -532,4 +532,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m fairbench.cli`: run the imported module's app, not this `__main__` copy, so that Hydra
+    # launchers that pickle the task (joblib, submitit) send a reference to `fairbench.cli`, not the
+    # `__main__` module's globals by value (which fails on its logger's lock).
+    from fairbench.cli import main as imported_main
+
+    imported_main()

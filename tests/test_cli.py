@@ -102,7 +102,8 @@ def test_multirun_sweep_summary_and_failed_job(tmp_path, launcher):
     args = ["-m", "seed=0,1", "trainer.max_epochs=1", "trainer.progress=false", "logger=none"]
     if launcher == "joblib":
         args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.monitor=recall@20,bogus@20"]
-    result = fairbench("train", *args, out=tmp_path)
+    # joblib pickles the task: run it as `python -m fairbench.cli`, where the task is defined in `__main__`
+    result = fairbench("train", *args, out=tmp_path, as_module=launcher == "joblib")
     (summary_path,) = tmp_path.glob("multiruns/*/*/summary.csv")
     summary = pd.read_csv(summary_path)
     assert "sweep summary" in result.stdout

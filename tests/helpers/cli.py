@@ -13,15 +13,16 @@ QUICK = ["trainer.max_epochs=2", "trainer.progress=false"]
 
 
 def fairbench(
-    *args: str, out: Path, env: dict | None = None, timeout: int = 600
+    *args: str, out: Path, env: dict | None = None, timeout: int = 600, as_module: bool = False
 ) -> subprocess.CompletedProcess:
+    """``fairbench *args``; with ``as_module``, ``python -m fairbench.cli *args``."""
     out.mkdir(parents=True, exist_ok=True)
     full_env = os.environ | {"FAIRBENCH_OUTPUTS": str(out), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
     # the package of this checkout, also when the environment's editable install points at another one
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     full_env.pop("WANDB_API_KEY", None)
     return subprocess.run(
-        [FAIRBENCH, *args],
+        [*([sys.executable, "-m", "fairbench.cli"] if as_module else [FAIRBENCH]), *args],
         env=full_env | (env or {}),
         capture_output=True,
         text=True,
