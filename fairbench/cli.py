@@ -8,9 +8,11 @@ shows the traceback).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Callable
@@ -437,23 +439,37 @@ def report_command(
     ),
     wandb: bool = typer.Option(False, "--wandb", help="Also log the table to W&B (mode as logger=wandb)."),
     wandb_project: str = typer.Option("fairbench", help="W&B project of the report run."),
+    preface: Path = typer.Option(None, help="Markdown file put before the table (protocol, budgets)."),
+    discussion: Path = typer.Option(None, help="Markdown file put after the figures (the analysis)."),
+    document: Path = typer.Option(
+        None, help="Also write report.md to this file (e.g. docs/results.md), figures linked into --out."
+    ),
 ) -> None:
     """Compare configurations of finished sweeps: mean ± std over seeds, paired tests vs a baseline with
     Holm correction, accuracy-fairness Pareto front; writes report.md/.csv/.json and plots."""
-    from fairbench.report.command import make_report
+    from fairbench.report.command import make_report, read_markdown
     from fairbench.report.compare import ReportSpec
 
-    spec = ReportSpec(
-        by=[key.strip() for key in by.split(",") if key.strip()],
-        metric=metric,
-        baseline=baseline,
-        split=split,
-        columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,
-        x=x,
-        y=y,
-        title=title,
+    spec = _guard(
+        lambda: ReportSpec(
+            by=[key.strip() for key in by.split(",") if key.strip()],
+            metric=metric,
+            baseline=baseline,
+            split=split,
+            columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,
+            x=x,
+            y=y,
+            title=title,
+            command=shlex.join(["fairbench", *sys.argv[1:]]),
+            preface=read_markdown(preface, "--preface"),
+            discussion=read_markdown(discussion, "--discussion"),
+        )
     )
-    _guard(lambda: make_report(list(sweep_dirs), spec, out, wandb, wandb_project, paper, paper_dataset))
+    _guard(
+        lambda: make_report(
+            list(sweep_dirs), spec, out, wandb, wandb_project, paper, paper_dataset, document=document
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------- reproduce
@@ -492,6 +508,7 @@ def reproduce_command(
         f"fairbench report {target} --by {','.join(report.by)} --metric {report.metric} "
         f"--baseline {report.baseline} --columns {','.join(report.columns or [])} --paper {spec.name}"
     )
+    report = dataclasses.replace(report, command=report_line)
     if dry_run:
         jobs = _guard(lambda: reproduce.planned_jobs(spec, overrides))
         _guard(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -129,3 +130,31 @@ def test_report_puts_the_published_numbers_beside_with_relative_changes(sweeps):
     assert row["Δ fairbench"] == f"{100 * mine:+.1f}%"
     assert set(paper["Metric"]) == {"recall@20", "ndcg@20", "hr@20", "pop/cv@20", "pop/min@20"}  # its groups
     assert "Different dataset" in (report_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_report_writes_a_results_document_that_says_how_it_was_made(sweeps):
+    out, a, b = sweeps
+    (out / "notes").mkdir(exist_ok=True)
+    preface, discussion = out / "notes" / "preface.md", out / "notes" / "discussion.md"
+    preface.write_text("## Protocol\n\nOne epoch per run.\n")
+    discussion.write_text("## What the table says\n\nDRORec is on the front.\n")
+    document = out / "docs" / "results.md"
+    args = ["--by", "method", "--baseline", "method=erm", "--out", str(out / "docs" / "results")]
+    done = fairbench(
+        "report", str(a), str(b), *args, "--preface", str(preface), "--discussion", str(discussion),
+        "--document", str(document), out=out,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = document.read_text()
+    command = f"fairbench report {a} {b} {' '.join(args)} --preface {preface}"
+    assert command in text  # the document names the command that remakes it
+    assert "fairbench train -m method=erm,reweight" in text  # and the sweeps' commands
+    order = [text.index(s) for s in ("## Protocol", "| erm (baseline)", "## Figures", "## What the table")]
+    assert order == sorted(order)
+    links = re.findall(r"\]\(([^)]+\.png)\)", text)
+    assert "results/pareto.png" in links and all((document.parent / link).is_file() for link in links)
+    assert (out / "docs" / "results" / "report.md").read_text().count("](pareto.png)") == 1
+
+    missing = fairbench("report", str(a), "--preface", str(out / "nope.md"), out=out)
+    assert missing.returncode == 2 and "--preface" in missing.stderr and "Traceback" not in missing.stderr

@@ -43,6 +43,11 @@ class ReportSpec:
     x: str | None = None
     y: str | None = None
     title: str = "fairbench report"
+    #: the command line that made the report, printed in report.md so that a document says how to remake it
+    command: str | None = None
+    #: the author's markdown put before the table (protocol, budgets) and after the figures (analysis)
+    preface: str = ""
+    discussion: str = ""
 
     @property
     def k(self) -> int:
