@@ -442,7 +442,7 @@ def report_command(
     preface: Path = typer.Option(None, help="Markdown file put before the table (protocol, budgets)."),
     discussion: Path = typer.Option(None, help="Markdown file put after the figures (the analysis)."),
     document: Path = typer.Option(
-        None, help="Also write report.md to this file (e.g. docs/results.md), figures linked into --out."
+        None, help="Write report.md as this file instead (e.g. docs/results.md), figures linked into --out."
     ),
 ) -> None:
     """Compare configurations of finished sweeps: mean ± std over seeds, paired tests vs a baseline with

@@ -65,8 +65,8 @@ def display_table(report: Report) -> pd.DataFrame:
 
 
 def write_report(report: Report, out: Path, document: Path | None = None) -> list[Path]:
-    """Every output file of the report in ``out``; returns their paths. ``document``: also write report.md's
-    text there (e.g. a results page under docs/), its figure links pointing into ``out``."""
+    """Every output file of the report in ``out``; returns their paths. ``document``: write the markdown
+    there instead of ``out/report.md`` (e.g. a results page under docs/), its figure links into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     spec, table = report.spec, report.table
     written = []
@@ -106,12 +106,13 @@ def write_report(report: Report, out: Path, document: Path | None = None) -> lis
         "failed": [{"job": str(j.path), "status": j.status, "error": j.error} for j in report.failed],
     }
     write_text_atomic(json_path, json.dumps(payload, indent=2) + "\n")
-    write_text_atomic(md_path, markdown(report, figures))
-    if document is not None:
+    if document is None:
+        write_text_atomic(md_path, markdown(report, figures))
+    else:
+        md_path = document
         document.parent.mkdir(parents=True, exist_ok=True)
         prefix = Path(os.path.relpath(out.resolve(), document.parent.resolve())).as_posix()
         write_text_atomic(document, markdown(report, figures, link_prefix=f"{prefix}/"))
-        written.insert(0, document)
     return [md_path, csv_path, json_path, *written]
 
 
