@@ -136,7 +136,8 @@ def analyze_run(
     model.load_trainable_state_dict(load_file(str(adapter_path)))
     model.eval()
     table = language_bias(model, split, n_groups, context, limit)
-    from fairbench.report.results import write_csv, write_text_atomic
+    from fairbench.files import write_text_atomic
+    from fairbench.report.results import write_csv
 
     stem = run_dir / f"language_bias_{split}"
     write_csv(stem.with_suffix(".csv"), table)

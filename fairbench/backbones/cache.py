@@ -15,9 +15,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Mapping
@@ -32,6 +30,7 @@ import pandas as pd
 from fairbench.backbones.base import TextEncoder
 from fairbench.backbones.templates import DEFAULT_TEMPLATE, render_item_texts
 from fairbench.errors import UserError
+from fairbench.files import atomic_write, write_text_atomic
 from fairbench.runtime import build, resolve_device
 
 log = logging.getLogger(__name__)
@@ -103,27 +102,15 @@ def _crc32(array: np.ndarray) -> int:
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, save)
 
 
 def _atomic_write_json(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 @contextlib.contextmanager
@@ -236,22 +223,19 @@ def _build(
             shard_dim = shard.shape[1]
         dim = dim if dim is not None else shard_dim
 
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    crc = 0
+
+    def assemble(tmp: Path) -> None:
+        nonlocal crc
         assembled = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-        crc = 0
         for start, stop in bounds:
             shard = np.load(shard_path(shard_dir, start, stop), allow_pickle=False)
             assembled[start:stop] = shard
             crc = zlib.crc32(np.ascontiguousarray(shard).view(np.uint8).reshape(-1), crc)
         assembled.flush()
         del assembled
-        os.replace(tmp, out_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(out_path, assemble)
     return dim, crc & 0xFFFFFFFF, reused
 
 

@@ -20,9 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from fairbench.data.types import SPLITS, InteractionData, SequentialSamples
+from fairbench.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +56,6 @@ def cache_key(payload: dict[str, Any]) -> str:
     """16 hex digits of sha256 over the canonical JSON of ``payload``."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary path next to ``path``, then move it into place atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_processed(data: InteractionData, directory: Path, key_payload: dict[str, Any]) -> None:

@@ -19,8 +19,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from fairbench.data.cache import atomic_write, sha256_file
+from fairbench.data.cache import sha256_file
 from fairbench.errors import UserError
+from fairbench.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from fairbench.files import write_text_atomic
 from fairbench.report.compare import Report
 from fairbench.report.plots import group_utility_bars, pareto_scatter
-from fairbench.report.results import write_csv, write_text_atomic
+from fairbench.report.results import write_csv
 from fairbench.report.stats import is_signed_gap, lower_is_better
 
 

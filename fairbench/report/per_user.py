@@ -11,14 +11,13 @@ Amazon set: a few MB).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from fairbench.data.types import ItemGroups
 from fairbench.evaluation import MetricConfig, Ranking
+from fairbench.files import atomic_write
 from fairbench.metrics.per_user import per_row_metrics
 
 
@@ -39,15 +38,7 @@ def per_user_frame(
 
 def write_parquet_atomic(path: Path, frame: pd.DataFrame) -> None:
     """Parquet (zstd) written to a temporary file in the same folder, then renamed over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False, compression="zstd"))
 
 
 def write_per_user(
