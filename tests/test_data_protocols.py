@@ -23,6 +23,7 @@ from fairbench.data import (
     load_dataset,
 )
 from fairbench.data.cache import SPLITS_FILE
+from fairbench.data.groups import PopularityGroups
 from fairbench.errors import UserError
 from tests.helpers.data_files import (
     bigrec_samples,
@@ -213,6 +214,28 @@ def test_sequential_subsampling(files: Path, tmp_path: Path) -> None:
     only_test = ml1m(files, SequentialProtocol(max_test_samples=10, seed=7), tmp_path)
     assert as_ids(only_test, "test") == as_ids(small, "test")
     assert small.train.nnz < full.train.nnz  # the matrices follow the kept samples
+
+
+def test_popularity_over_the_training_period_ignores_train_subsampling(files: Path, tmp_path: Path) -> None:
+    """``counted_on=training_period``: the counts of the whole training split (= the train matrix built
+    without sub-sampling), also from the cache; ``train_matrix``: the kept samples' counts."""
+    full = ml1m(files, SequentialProtocol(), tmp_path)
+    capped = SequentialProtocol(max_train_samples=50, seed=7)
+    small = ml1m(files, capped, tmp_path)
+    cached = ml1m(files, capped, tmp_path)
+    assert cached.info["cache"] == "hit" and full.training_period_counts is None
+    assert np.array_equal(small.items["item_id"], full.items["item_id"])  # same catalogue
+    for data in (small, cached):
+        assert np.array_equal(data.period_counts(), full.train_counts())
+    assert small.info["counts"]["training_period_interactions"] == full.train.nnz
+    assert np.array_equal(full.period_counts(), full.train_counts())
+    assert not np.array_equal(small.train_counts(), full.train_counts())
+    period = PopularityGroups(top_fraction=None, n_quantiles=3, counted_on="training_period")
+    kept = PopularityGroups(top_fraction=None, n_quantiles=3)
+    assert np.array_equal(period.build(small).membership, kept.build(full).membership)
+    assert not np.array_equal(kept.build(small).membership, period.build(small).membership)
+    with pytest.raises(UserError, match="counted_on"):
+        PopularityGroups(counted_on="everything")
 
 
 def test_sequential_needs_time_and_two_interactions() -> None:

@@ -6,7 +6,8 @@ moved copy still hits) and the protocol (class and fields). Contents, all pickle
 
 - ``splits.npz``: ``user_ids`` (unicode), per split ``<split>_indptr`` / ``<split>_indices`` and, when the
   source has timestamps, ``<split>_timestamps`` (values are all 1 and not stored); when the dataset has
-  sequential samples, per split ``<split>_samples_{user,history,target,timestamp}``;
+  sequential samples, per split ``<split>_samples_{user,history,target,timestamp}``; when a protocol
+  sub-sampled the train samples, ``training_period_counts`` (items' counts before sub-sampling);
 - ``items.parquet``: the item table;
 - ``meta.json``: written last; counts, shapes, each file's size and sha256, and the provenance ``info``.
 
@@ -34,7 +35,7 @@ from fairbench.files import atomic_write
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # bump when the processing code changes its output for the same inputs
+FORMAT_VERSION = 3  # bump when the processing code changes its output for the same inputs
 SPLITS_FILE, ITEMS_FILE, META_FILE = "splits.npz", "items.parquet", "meta.json"
 
 
@@ -73,6 +74,9 @@ def save_processed(data: InteractionData, directory: Path, key_payload: dict[str
         arrays[f"{split}_samples_history"] = samples.history.astype(np.int32)
         arrays[f"{split}_samples_target"] = samples.target.astype(np.int64)
         arrays[f"{split}_samples_timestamp"] = samples.timestamp.astype(np.float64)
+
+    if data.training_period_counts is not None:
+        arrays["training_period_counts"] = np.asarray(data.training_period_counts, dtype=np.int64)
 
     def write_npz(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
@@ -155,6 +159,7 @@ def _load_checked(directory: Path, name: str) -> InteractionData:
         test_timestamps=stamps["test"],
         info=meta["info"],
         samples=samples,
+        training_period_counts=arrays.get("training_period_counts"),
     )
 
 

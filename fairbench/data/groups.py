@@ -46,10 +46,18 @@ class PopularityGroups:
       q{Q-1} (most popular, IFairLRS label Q-1). The ranking is cut as ``numpy.array_split`` cuts I items
       into Q parts from the most popular end, so more popular groups get the one extra item when Q does
       not divide I.
+
+    ``counted_on`` says which training interactions count: ``train_matrix`` - those models train on (for a
+    sequential protocol that kept a random subset of train samples, only that subset's targets and history
+    items); ``training_period`` - every train sample of the split before that sub-sampling, so a few-shot
+    run gets the catalogue's popularity rather than that of a few hundred samples (IFairLRS publishes fixed
+    ML-1M quintiles over the whole catalogue, ``movie_pop_count_5.csv``, without saying which interactions
+    they count). Without sub-sampling the two are the same.
     """
 
     top_fraction: float | None = 0.1
     n_quantiles: int | None = None
+    counted_on: Literal["train_matrix", "training_period"] = "train_matrix"
 
     def __post_init__(self) -> None:
         if (self.top_fraction is None) == (self.n_quantiles is None):
@@ -62,9 +70,18 @@ class PopularityGroups:
             raise UserError(f"dataset.groups.popularity.top_fraction={self.top_fraction}: must be in (0, 1)")
         if self.n_quantiles is not None and self.n_quantiles < 2:
             raise UserError(f"dataset.groups.popularity.n_quantiles={self.n_quantiles}: must be >= 2")
+        if self.counted_on not in ("train_matrix", "training_period"):
+            raise UserError(
+                f"dataset.groups.popularity.counted_on={self.counted_on!r}: choose train_matrix or "
+                "training_period"
+            )
+
+    def counts(self, data: InteractionData) -> np.ndarray:
+        """Training interactions per item, int64 [I], as ``counted_on`` says."""
+        return data.period_counts() if self.counted_on == "training_period" else data.train_counts()
 
     def build(self, data: InteractionData) -> ItemGroups:
-        rank = popularity_rank(data.train_counts())
+        rank = popularity_rank(self.counts(data))
         n_items = data.n_items
         if self.top_fraction is not None:
             n_head = head_size(self.top_fraction, n_items)

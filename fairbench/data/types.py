@@ -121,7 +121,9 @@ class InteractionData:
     ``samples`` (optional) are the next-item samples of each split (keys "train", "valid", "test"), for
     sequential / LLM-based models; how they relate to the matrices is documented by each protocol.
     ``info`` records provenance: source, protocol, counts after each protocol step, bad data dropped
-    (``info["issues"]``), cache status.
+    (``info["issues"]``), cache status. ``training_period_counts`` (optional, int64 [I]): each item's
+    training interactions over every train sample of the split before a protocol kept a random subset of
+    them (None when none was dropped: then it equals ``train_counts()``).
     """
 
     name: str
@@ -135,9 +137,13 @@ class InteractionData:
     test_timestamps: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, SequentialSamples] | None = None
+    training_period_counts: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         shape = (len(self.user_ids), len(self.items))
+        period = self.training_period_counts
+        if period is not None and period.shape != (shape[1],):
+            raise ValueError(f"training_period_counts has shape {period.shape}, expected ({shape[1]},)")
         for split in SPLITS:
             matrix = getattr(self, split)
             if matrix.shape != shape:
@@ -175,6 +181,13 @@ class InteractionData:
     def train_counts(self) -> np.ndarray:
         """Training interactions per item, int64 [I] (the popularity used for item groups)."""
         return np.bincount(self.train.indices, minlength=self.n_items).astype(np.int64)
+
+    def period_counts(self) -> np.ndarray:
+        """Training interactions per item over the whole training period, int64 [I]: before sub-sampling
+        where a protocol dropped train samples, else ``train_counts()``."""
+        if self.training_period_counts is None:
+            return self.train_counts()
+        return np.asarray(self.training_period_counts, dtype=np.int64)
 
 
 @dataclass

@@ -100,7 +100,7 @@ class SequentialProtocol(SplitProtocol):
                 members = members[np.sort(rng.choice(len(members), size=cap, replace=False))]
             selected.append(members)
             counts[f"{split}_samples"] = len(members)
-        return built.finish(name, raw.source, self.cache_key(), selected)
+        return built.finish(name, raw.source, self.cache_key(), selected, np.flatnonzero(built.labels == 0))
 
     def _from_interactions(self, raw: RawInteractions) -> _SampleSet:
         coded = encode(raw)
@@ -292,10 +292,26 @@ class _SampleSet:
             counts=counts,
         )
 
+    def train_pairs(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user, item, time) of the train samples ``members``: their targets and history items."""
+        user, history = self.user[members], self.history[members]
+        filled = history >= 0
+        rows = np.concatenate([user, np.broadcast_to(user[:, None], history.shape)[filled]])
+        cols = np.concatenate([self.target[members], history[filled].astype(np.int64)])
+        times = np.concatenate([self.timestamp[members], self.history_time[members][filled]])
+        return rows, cols, times
+
     def finish(
-        self, name: str, source: str, protocol: dict[str, Any], selected: list[np.ndarray]
+        self,
+        name: str,
+        source: str,
+        protocol: dict[str, Any],
+        selected: list[np.ndarray],
+        all_train: np.ndarray,
     ) -> InteractionData:
-        """Matrices and samples of the selected samples of each split (see SequentialProtocol)."""
+        """Matrices and samples of the selected samples of each split (see SequentialProtocol); when train
+        samples were dropped by sub-sampling, also the items' counts over ``all_train`` (the training
+        period's samples), as ``training_period_counts``."""
         n_users, n_items = len(self.user_ids), len(self.items)
         counts = self.counts
         samples: dict[str, SequentialSamples] = {}
@@ -306,12 +322,7 @@ class _SampleSet:
             user, target, time = self.user[members], self.target[members], self.timestamp[members]
             history = self.history[members]
             samples[split] = SequentialSamples(user=user, history=history, target=target, timestamp=time)
-            rows, cols, times = user, target, time
-            if code == 0:
-                filled = history >= 0
-                rows = np.concatenate([user, np.broadcast_to(user[:, None], history.shape)[filled]])
-                cols = np.concatenate([target, history[filled].astype(np.int64)])
-                times = np.concatenate([time, self.history_time[members][filled]])
+            rows, cols, times = self.train_pairs(members) if code == 0 else (user, target, time)
             rows, cols, times = unique_pairs(rows, cols, times, n_items)
             keys = rows * n_items + cols  # sorted, like seen
             at = np.minimum(np.searchsorted(seen, keys), max(len(seen) - 1, 0))
@@ -323,6 +334,12 @@ class _SampleSet:
             matrices[split], stamps[split] = build_csr(rows, cols, times, (n_users, n_items))
             counts[f"{split}_interactions"] = len(rows)
         counts["users"], counts["items"] = n_users, n_items
+        period_counts = None
+        if len(all_train) > len(selected[0]):
+            rows, cols, times = self.train_pairs(all_train)
+            _, cols, _ = unique_pairs(rows, cols, times, n_items)
+            period_counts = np.bincount(cols, minlength=n_items).astype(np.int64)
+            counts["training_period_interactions"] = len(cols)
         has_time = not np.isnan(self.timestamp).all()
         return InteractionData(
             name=name,
@@ -336,4 +353,5 @@ class _SampleSet:
             test_timestamps=stamps["test"] if has_time else None,
             info={"source": source, "protocol": protocol, "counts": counts},
             samples=samples,
+            training_period_counts=period_counts,
         )
