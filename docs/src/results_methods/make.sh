@@ -41,8 +41,10 @@ wait
 
 sweeps=()
 for dir in "$out"/*/; do [[ -f "$dir/multirun.yaml" ]] && sweeps+=("${dir%/}"); done
+discussion=()  # the analysis, written once the table is in
+[[ -f docs/src/results_methods/discussion.md ]] && discussion=(--discussion docs/src/results_methods/discussion.md)
 fairbench report "${sweeps[@]}" --by method,method.groups --baseline method=erm --metric recall@20 \
   --columns recall@20,ndcg@20,hr@20,pop/cv@20,pop/min@20,genre/cv@20,genre/min@20 --paper bifair-table2 \
   --title "Fairness methods on AlphaRec: accuracy and item-side fairness (BiFair Table 2 protocol, ml100k)" \
-  --preface docs/src/results_methods/preface.md --discussion docs/src/results_methods/discussion.md \
+  --preface docs/src/results_methods/preface.md "${discussion[@]}" \
   --out docs/results_methods --document docs/results_methods.md
