@@ -21,9 +21,9 @@ def make_report(
     paper_dataset: str | None = None,
     document: Path | None = None,
 ) -> tuple[Report, Path]:
-    """Build the report, write its files to ``out`` (default: ``<first sweep dir>/report``) and its markdown
-    also to ``document`` if given, optionally add the published numbers of ``paper_table`` and log the table
-    to W&B; print the table."""
+    """Build the report, write its files to ``out`` (default: ``<first sweep dir>/report``; the markdown to
+    ``document`` instead when given), optionally add the published numbers of ``paper_table`` and log the
+    table to W&B; print the table."""
     report = build_report(sweep_dirs, spec)
     if paper_table is not None:
         from fairbench.report.paper import attach_paper

@@ -69,6 +69,10 @@ def write_report(report: Report, out: Path, document: Path | None = None) -> lis
     """Every output file of the report in ``out``; returns their paths. ``document``: write the markdown
     there instead of ``out/report.md`` (e.g. a results page under docs/), its figure links into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
+    md_path = document or out / "report.md"
+    link = ""  # figure links, relative to the markdown file
+    if document is not None:
+        link = Path(os.path.relpath(out.resolve(), document.parent.resolve())).as_posix() + "/"
     spec, table = report.spec, report.table
     written = []
     figures: list[str] = []
@@ -80,7 +84,7 @@ def write_report(report: Report, out: Path, document: Path | None = None) -> lis
         paths = [out / "pareto.png", out / "pareto.svg"]
         pareto_scatter(table, x, y, paths, title=spec.title)
         written += paths
-        figures += [f"![{x} vs {y}](pareto.png)", ""]
+        figures += [f"![{x} vs {y}]({link}pareto.png)", ""]
     for label, groups in report.group_utilities.items():
         if groups.empty:
             continue
@@ -88,10 +92,10 @@ def write_report(report: Report, out: Path, document: Path | None = None) -> lis
         group_utility_bars(groups, spec.k, path, title=f"{spec.split} utility@{spec.k}: {label}")
         written.append(path)
         figures.append(
-            f"- group utilities of {label}: [group_utilities/{path.name}](group_utilities/{path.name})"
+            f"- group utilities of {label}: [group_utilities/{path.name}]({link}group_utilities/{path.name})"
         )
 
-    csv_path, json_path, md_path = out / "report.csv", out / "report.json", out / "report.md"
+    csv_path, json_path = out / "report.csv", out / "report.json"
     write_csv(csv_path, table)
     payload = {
         "title": spec.title,
@@ -107,19 +111,13 @@ def write_report(report: Report, out: Path, document: Path | None = None) -> lis
         "failed": [{"job": str(j.path), "status": j.status, "error": j.error} for j in report.failed],
     }
     write_text_atomic(json_path, json.dumps(payload, indent=2) + "\n")
-    if document is None:
-        write_text_atomic(md_path, markdown(report, figures))
-    else:
-        md_path = document
-        document.parent.mkdir(parents=True, exist_ok=True)
-        prefix = Path(os.path.relpath(out.resolve(), document.parent.resolve())).as_posix()
-        write_text_atomic(document, markdown(report, figures, link_prefix=f"{prefix}/"))
+    write_text_atomic(md_path, markdown(report, figures))
     return [md_path, csv_path, json_path, *written]
 
 
-def markdown(report: Report, figures: list[str], link_prefix: str = "") -> str:
+def markdown(report: Report, figures: list[str]) -> str:
     """report.md: header, the sweeps' commands, the preface, the table and its notes, the paper's numbers,
-    the figures (links prefixed with ``link_prefix``), the discussion, the jobs that failed."""
+    the figures, the discussion, the jobs that failed."""
     spec = report.spec
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sources = ", ".join(f"`{s}`" for s in report.sources)
@@ -158,7 +156,7 @@ def markdown(report: Report, figures: list[str], link_prefix: str = "") -> str:
     if report.paper is not None and not report.paper.empty:
         lines += ["## Paper vs fairbench", "", report.paper_caption, "", markdown_table(report.paper), ""]
     if figures:
-        lines += ["## Figures", "", *(relink(line, link_prefix) for line in figures), ""]
+        lines += ["## Figures", "", *figures, ""]
         if "pareto" in report.table:
             lines += ["Filled points: the Pareto front (no other configuration is better on both axes).", ""]
     if spec.discussion.strip():
@@ -167,11 +165,6 @@ def markdown(report: Report, figures: list[str], link_prefix: str = "") -> str:
         lines += ["## Jobs that did not complete", ""]
         lines += [f"- `{job.path}`: {job.status}: {job.error}" for job in report.failed] + [""]
     return "\n".join(lines)
-
-
-def relink(line: str, prefix: str) -> str:
-    """A figure line with its relative link targets ``(target)`` prefixed."""
-    return re.sub(r"\]\(([^)]+)\)", lambda m: f"]({prefix}{m.group(1)})", line) if prefix else line
 
 
 def log_to_wandb(report: Report, out: Path, project: str = "fairbench", entity: str | None = None) -> str:
