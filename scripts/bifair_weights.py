@@ -5,7 +5,7 @@
 BiFair and BiFair-Separate log, at the end of every epoch, the mean group weights over the epoch's steps and
 the mean group losses (``bifair epoch N: mean group weights [...], mean group losses [...]`` in each job's
 ``train.log``). This script collects them from the job directories of the given sweeps (label: the method with
-its ``method.*`` overrides other than the groups) and writes (``--out`` default:
+its ``method.*`` options, as in ``method_table.py``) and writes (``--out`` default:
 docs/results_bifair_weights.png)
 
 - ``<out>.csv``: one row per (sweep, job, epoch, group) with the weight and the loss;
@@ -28,6 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from method_table import method_label  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from fairbench.data.groups import GROUP_KIND_NAMES  # noqa: E402
@@ -35,15 +36,6 @@ from fairbench.data.groups import GROUP_KIND_NAMES  # noqa: E402
 LINE = re.compile(
     r"(bifair(?:_separate)?) epoch (\d+): mean group weights \[([^\]]*)\], mean group losses \[([^\]]*)\]"
 )
-
-
-def method_label(overrides: str) -> str:
-    """The method and its ``method.*`` overrides other than the groups, e.g. 'bifair [weighting=eq10_lp]'
-    for 'seed=0 method=bifair method.groups=popularity method.weighting=eq10_lp'."""
-    pairs = dict(token.lstrip("+~").split("=", 1) for token in overrides.split() if "=" in token)
-    options = [f"{k[7:]}={v}" for k, v in pairs.items() if k.startswith("method.") and k != "method.groups"]
-    method = pairs.get("method", "erm")
-    return f"{method} [{', '.join(options)}]" if options else method
 
 
 def parse_log(text: str) -> list[tuple[int, list[float], list[float | None]]]:
