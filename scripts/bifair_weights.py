@@ -4,9 +4,9 @@
 
 BiFair and BiFair-Separate log, at the end of every epoch, the mean group weights over the epoch's steps and
 the mean group losses (``bifair epoch N: mean group weights [...], mean group losses [...]`` in each job's
-``train.log``). This script collects them from the job directories of the given sweeps (label: the method with
-its ``method.*`` options, as in ``method_table.py``) and writes (``--out`` default:
-docs/results_bifair_weights.png)
+``train.log``). This script collects them from the job directories of the given sweeps (label: the method
+with its ``method.*`` options other than the groups, e.g. ``bifair [weighting=eq10_lp]``) and writes
+(``--out`` default: docs/results_bifair_weights.png)
 
 - ``<out>.csv``: one row per (sweep, job, epoch, group) with the weight and the loss;
 - ``<out>.png``: left, popularity groups: the tail group's mean weight per epoch (mean over seeds, band =
@@ -28,10 +28,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from method_table import method_label  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from fairbench.data.groups import GROUP_KIND_NAMES  # noqa: E402
+from fairbench.report.jobs import parse_overrides  # noqa: E402
 
 LINE = re.compile(
     r"(bifair(?:_separate)?) epoch (\d+): mean group weights \[([^\]]*)\], mean group losses \[([^\]]*)\]"
@@ -48,12 +48,20 @@ def parse_log(text: str) -> list[tuple[int, list[float], list[float | None]]]:
     return rows
 
 
+def method_label(overrides: dict[str, str]) -> str:
+    """The ``method`` option followed by its ``method.*`` overrides other than ``method.groups``."""
+    options = [f"{k[len('method.') :]}={v}" for k, v in overrides.items() if k.startswith("method.")]
+    options = [option for option in options if not option.startswith("groups=")]
+    method = overrides.get("method", "erm")
+    return f"{method} [{', '.join(options)}]" if options else method
+
+
 def collect(sweep_dirs: list[Path]) -> pd.DataFrame:
     rows = []
     for sweep in sweep_dirs:
         for job in sorted(p for p in sweep.iterdir() if (p / "train.log").exists()):
             cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
-            overrides = " ".join(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+            overrides = parse_overrides(list(OmegaConf.load(job / ".hydra" / "overrides.yaml")))
             groups = GROUP_KIND_NAMES.get(str(cfg.method.get("groups")), "-")
             for epoch, weights, losses in parse_log((job / "train.log").read_text()):
                 for group, (weight, loss) in enumerate(zip(weights, losses, strict=True)):
