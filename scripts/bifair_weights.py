@@ -6,7 +6,7 @@ BiFair and BiFair-Separate log, at the end of every epoch, the mean group weight
 the mean group losses (``bifair epoch N: mean group weights [...], mean group losses [...]`` in each job's
 ``train.log``). This script collects them from the job directories of the given sweeps (label: the method
 with its ``method.*`` options other than the groups, e.g. ``bifair [weighting=eq10_lp]``) and writes
-(``--out`` default: docs/results_bifair_weights.png)
+(``--out`` default: docs/results_methods/bifair_weights.png)
 
 - ``<out>.csv``: one row per (sweep, job, epoch, group) with the weight and the loss;
 - ``<out>.png``: left, popularity groups: the tail group's mean weight per epoch (mean over seeds, band =
@@ -120,7 +120,7 @@ def main() -> None:
     )
     parser.add_argument("--sweep-dir", type=Path, action="append", default=[], help="a sweep directory")
     parser.add_argument("--rows", type=Path, action="append", default=[], help="a CSV of an earlier call")
-    parser.add_argument("--out", type=Path, default=Path("docs") / "results_bifair_weights.png")
+    parser.add_argument("--out", type=Path, default=Path("docs") / "results_methods" / "bifair_weights.png")
     args = parser.parse_args()
     earlier = [pd.read_csv(path) for path in args.rows]
     frame = pd.concat([*earlier, collect(args.sweep_dir)], ignore_index=True)
