@@ -133,3 +133,26 @@ def test_labels_name_only_the_overrides_that_split_a_configuration_and_gaps_get_
     ]
     assert is_signed_gap("pop/gu@5/q4") and is_signed_gap("gu@10/head")
     assert not any(map(is_signed_gap, ["pop/mgu@5", "pop/dgu@5", "genre/cv@20", "recall@20"]))
+
+
+def test_the_same_scatter_drawn_twice_gives_the_same_files(tmp_path):
+    """Results pages are rebuilt by a script: redrawing unchanged numbers must not change the figures' bytes
+    (no creation date, fixed SVG element ids)."""
+    import pandas as pd
+
+    from fairbench.report.plots import pareto_scatter
+
+    table = pd.DataFrame(
+        {
+            "configuration": ["erm", "bifair", "popdro"],
+            "recall@20": [0.26, 0.20, 0.22],
+            "pop/cv@20": [0.68, 0.17, 0.35],
+        }
+    )
+    first = [tmp_path / "a" / "pareto.svg", tmp_path / "a" / "pareto.png"]
+    second = [tmp_path / "b" / "pareto.svg", tmp_path / "b" / "pareto.png"]
+    pareto_scatter(table, "recall@20", "pop/cv@20", first)
+    pareto_scatter(table, "recall@20", "pop/cv@20", second)
+    for one, other in zip(first, second, strict=True):
+        assert one.read_bytes() == other.read_bytes()
+    assert b"<dc:date>" not in first[0].read_bytes()

@@ -21,8 +21,17 @@ def _pyplot():
 
 
 def save_figure(fig, path: Path) -> None:
-    """Save ``fig`` to ``path`` (format from its suffix) through a temporary file and a rename."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix[1:]))
+    """Save ``fig`` to ``path`` (format from its suffix) through a temporary file and a rename. Vector files
+    carry no creation date and fixed element ids, so redrawing the same figure gives the same bytes."""
+    import matplotlib
+
+    fmt = path.suffix[1:]
+    metadata = {"Date": None} if fmt in ("svg", "pdf") else None
+    with matplotlib.rc_context({"svg.hashsalt": "fairbench"}):
+        atomic_write(
+            path,
+            lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format=fmt, metadata=metadata),
+        )
 
 
 def axis_label(metric: str) -> str:
