@@ -28,10 +28,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
 from fairbench.data.groups import GROUP_KIND_NAMES  # noqa: E402
-from fairbench.report.jobs import parse_overrides  # noqa: E402
+from fairbench.report.jobs import load_job  # noqa: E402
 
 LINE = re.compile(
     r"(bifair(?:_separate)?) epoch (\d+): mean group weights \[([^\]]*)\], mean group losses \[([^\]]*)\]"
@@ -50,8 +49,11 @@ def parse_log(text: str) -> list[tuple[int, list[float], list[float | None]]]:
 
 def method_label(overrides: dict[str, str]) -> str:
     """The ``method`` option followed by its ``method.*`` overrides other than ``method.groups``."""
-    options = [f"{k[len('method.') :]}={v}" for k, v in overrides.items() if k.startswith("method.")]
-    options = [option for option in options if not option.startswith("groups=")]
+    options = [
+        f"{k.removeprefix('method.')}={v}"
+        for k, v in overrides.items()
+        if k.startswith("method.") and k != "method.groups"
+    ]
     method = overrides.get("method", "erm")
     return f"{method} [{', '.join(options)}]" if options else method
 
@@ -59,19 +61,19 @@ def method_label(overrides: dict[str, str]) -> str:
 def collect(sweep_dirs: list[Path]) -> pd.DataFrame:
     rows = []
     for sweep in sweep_dirs:
-        for job in sorted(p for p in sweep.iterdir() if (p / "train.log").exists()):
-            cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
-            overrides = parse_overrides(list(OmegaConf.load(job / ".hydra" / "overrides.yaml")))
-            groups = GROUP_KIND_NAMES.get(str(cfg.method.get("groups")), "-")
-            for epoch, weights, losses in parse_log((job / "train.log").read_text()):
+        for path in sorted(p for p in sweep.iterdir() if (p / "train.log").exists()):
+            job = load_job(path)
+            label = method_label(job.overrides)
+            groups = GROUP_KIND_NAMES.get(str(job.config.method.get("groups")), "-")
+            for epoch, weights, losses in parse_log((path / "train.log").read_text()):
                 for group, (weight, loss) in enumerate(zip(weights, losses, strict=True)):
                     rows.append(
                         {
                             "sweep": str(sweep),
-                            "job": job.name,
-                            "method": method_label(overrides),
+                            "job": path.name,
+                            "method": label,
                             "groups": groups,
-                            "seed": int(cfg.seed),
+                            "seed": int(job.seed),
                             "epoch": epoch,
                             "group": group,
                             "weight": weight,

@@ -37,7 +37,7 @@ wait
 # BiFair's logged group weights per epoch (plot and CSV linked from the discussion)
 bifair=()
 for name in bifair_pop bifair_pop_lp bifair_separate_pop bifair_genre bifair_separate_genre; do
-  [[ -d "$out/$name" ]] && bifair+=(--sweep-dir "$out/$name")
+  bifair+=(--sweep-dir "$out/$name")
 done
 mkdir -p docs/results_methods
 python scripts/bifair_weights.py "${bifair[@]}" --out docs/results_methods/bifair_weights.png
